@@ -1,0 +1,39 @@
+# The two quick-start commands are `make repro` and `make test`; both create .venv when missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup repro test test-all lint format params clean-venv
+
+setup: $(STAMP)
+
+# Reinstall when the dependency list changes. The editable install keeps src/ live.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+## Run the whole pipeline on the embedded phantom cohort (the committed params.yaml).
+repro: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+
+## Run the test suite (slow tests included; gpu/realdata tests skip when not available).
+test: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: setup
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
+
+## Recompose params.yaml from conf/ (what `dvc exp run` does), e.g. make params O="model=vit3d".
+params: setup
+	$(PY) -m neurotransfer.compose $(O)
+
+clean-venv:
+	rm -rf $(VENV)

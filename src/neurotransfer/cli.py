@@ -1,0 +1,65 @@
+"""The ``neurotransfer`` command: one subcommand per DVC stage.
+
+Each stage lives in ``neurotransfer.stages.<name>`` and exposes ``add_arguments(parser)`` and
+``run(settings, args)``. Stage modules are imported to build the parser, so they keep their
+heavy imports (torch, the science packages) inside ``run``: ``neurotransfer --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from neurotransfer.config import SettingsError, load_settings
+
+# subcommand -> (stage module, one-line help). Stages appear here when their issue lands.
+STAGES: dict[str, tuple[str, str]] = {
+    "cohort": ("neurotransfer.stages.cohort", "generate the embedded phantom cohort (BIDS)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="neurotransfer",
+        description="Benchmark pre-training strategies for 3D brain-MRI models (DVC stages).",
+    )
+    parser.add_argument(
+        "--params", default="params.yaml", help="parameter file to read (default: params.yaml)"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for name, (module_name, help_text) in STAGES.items():
+        stage_parser = sub.add_parser(name, help=help_text, description=help_text)
+        module = importlib.import_module(module_name)
+        add_arguments = getattr(module, "add_arguments", None)
+        if add_arguments is not None:
+            add_arguments(stage_parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = load_settings(args.params)
+    except SettingsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(STAGES[args.stage][0])
+    try:
+        module.run(settings, args)
+    except SettingsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

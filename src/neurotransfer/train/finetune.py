@@ -1,0 +1,154 @@
+"""Fine-tune one task: the recipe is identical for every initialisation.
+
+Reads the processed cohort through the data package's ``TaskDataModule``, builds the backbone
+named in ``settings.model`` (loading the ``pretrain`` stage's weights unless the source is
+``scratch``), trains a TaskModule and saves it as safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from neurotransfer.config import Settings, SettingsError, TaskSettings
+from neurotransfer.train.checkpoint import save_task_model
+from neurotransfer.train.fit import fit_task_model
+from neurotransfer.train.module import OptimConfig, TaskModule
+
+log = logging.getLogger(__name__)
+
+PRETRAINED_DIR = Path("models/pretrained")
+FINETUNED_DIR = Path("models/finetuned")
+
+
+def manifest_path(settings: Settings, root: Path) -> Path:
+    path = root / settings.data.processed_dir / "manifest.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: manifest not found (run the preprocess stage first)")
+    return path
+
+
+def task_settings(settings: Settings, task_name: str) -> TaskSettings:
+    if task_name not in settings.tasks:
+        raise SettingsError(
+            f"unknown task {task_name!r}; tasks in params.yaml: {sorted(settings.tasks)}"
+        )
+    return settings.tasks[task_name]
+
+
+def initial_backbone(settings: Settings, root: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The backbone fine-tuning starts from, and a record of where it came from."""
+    from neurotransfer.models import build_backbone, load_backbone_weights
+
+    shape = tuple(settings.data.preprocess.shape)
+    backbone = build_backbone(settings.model.name, shape, **settings.model.options)
+    source = settings.pretrain.source
+    if source == "scratch":
+        return backbone, {"source": "scratch"}
+    weights = root / PRETRAINED_DIR / "backbone.safetensors"
+    meta_path = root / PRETRAINED_DIR / "meta.json"
+    if not weights.is_file() or not meta_path.is_file():
+        raise FileNotFoundError(
+            f"{weights}: pretrain.source is {source!r} but no pre-trained backbone was found; "
+            "run the pretrain stage (dvc repro pretrain) first"
+        )
+    meta = json.loads(meta_path.read_text())
+    if meta.get("architecture") != settings.model.name:
+        raise SettingsError(
+            f"{meta_path}: pre-trained backbone is {meta.get('architecture')!r} but model.name is "
+            f"{settings.model.name!r}; re-run the pretrain stage for this model"
+        )
+    load_backbone_weights(backbone, weights)
+    return backbone, {"source": source, "pretrained_meta": meta}
+
+
+def run_finetune(settings: Settings, task_name: str, root: Path = Path(".")) -> dict[str, Any]:
+    """Fine-tune `task_name`; write the model and return the metrics to record."""
+    from neurotransfer.data import TaskDataModule
+    from neurotransfer.models import TaskHead, backbone_layer_groups
+
+    task = task_settings(settings, task_name)
+    ft = settings.finetune
+    L.seed_everything(ft.seed, workers=True)
+    datamodule = TaskDataModule(
+        manifest_path=manifest_path(settings, root),
+        task_name=task_name,
+        task=task,
+        batch_size=ft.batch_size,
+        num_workers=ft.num_workers,
+        augment=settings.data.augment,
+        seed=ft.seed,
+        root=root,
+    )
+    datamodule.setup("fit")
+    train_frame = datamodule.frame("train")
+    val_frame = datamodule.frame("val")
+
+    backbone, init_record = initial_backbone(settings, root)
+    head = TaskHead(backbone.out_features)
+    target_mean, target_std = 0.0, 1.0
+    if task.kind == "regression":
+        target_mean = float(train_frame["target"].mean())
+        target_std = float(train_frame["target"].std(ddof=0)) or 1.0
+    module = TaskModule(
+        backbone,
+        head,
+        task.kind,
+        OptimConfig(
+            lr=ft.lr,
+            head_lr=ft.head_lr,
+            weight_decay=ft.weight_decay,
+            warmup_epochs=ft.warmup_epochs,
+            max_epochs=ft.max_epochs,
+            layer_decay=ft.layer_decay,
+            linear_probe=ft.mode == "linear_probe",
+        ),
+        layer_groups=backbone_layer_groups(backbone) if ft.layer_decay < 1.0 else None,
+        target_mean=target_mean,
+        target_std=target_std,
+    )
+    result = fit_task_model(
+        module, datamodule, ft, log_dir=root / "dvclive" / "finetune" / task_name
+    )
+
+    meta = {
+        "task": task_name,
+        "kind": task.kind,
+        "model": settings.model.name,
+        "model_options": settings.model.options,
+        "input_shape": list(settings.data.preprocess.shape),
+        "init": init_record,
+        "mode": ft.mode,
+        "seed": ft.seed,
+        "best_epoch": result.best_epoch,
+        "monitor": result.monitor,
+        "best_score": result.best_score,
+        "target_mean": target_mean,
+        "target_std": target_std,
+    }
+    save_task_model(module, root / FINETUNED_DIR / task_name, meta)
+    return {
+        "task": task_name,
+        "kind": task.kind,
+        "model": settings.model.name,
+        "init": init_record["source"],
+        "n_train": len(train_frame),
+        "n_val": len(val_frame),
+        f"best_{result.monitor}": result.best_score,
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "train_seconds": round(result.seconds, 2),
+        "seconds_per_epoch": round(result.seconds / max(1, result.epochs_run), 3),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "host": platform.node() or "unknown",
+        "trainable_parameters": int(
+            np.sum([p.numel() for p in module.parameters() if p.requires_grad])
+        ),
+    }

@@ -1,0 +1,166 @@
+"""The fine-tuning recipe: schedule shape, layer-wise LR, learning, determinism, safe saving."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from neurotransfer.config import FinetuneSettings
+from neurotransfer.train.checkpoint import MODEL_FILE, save_task_model
+from neurotransfer.train.fit import fit_task_model
+from neurotransfer.train.module import OptimConfig, TaskModule, layerwise_param_groups
+from neurotransfer.train.predict import predict_frame
+from neurotransfer.train.schedules import warmup_cosine_factor
+
+SHAPE = (8, 8, 8)
+
+
+class TinyBackbone(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(1, 4, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool3d(1)
+        self.out_features = 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(torch.relu(self.conv(x))).flatten(1)
+
+
+class SignalDataset(Dataset):
+    """Volumes whose mean intensity carries the label (binary) or the age (regression)."""
+
+    def __init__(self, n: int, kind: str, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        if kind == "binary":
+            self.target = rng.integers(0, 2, n).astype(np.float32)
+            signal = self.target * 1.5
+        else:
+            self.target = rng.uniform(20, 80, n).astype(np.float32)
+            signal = (self.target - 50) / 15
+        noise = rng.normal(0, 0.5, (n, 1, *SHAPE)).astype(np.float32)
+        self.images = noise + signal[:, None, None, None, None]
+        self.sites = np.where(np.arange(n) % 2 == 0, "siteA", "siteB")
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+    def __getitem__(self, i: int) -> dict:
+        return {
+            "image": torch.from_numpy(self.images[i]),
+            "target": torch.tensor(self.target[i]),
+            "subject_id": f"sub-{i:03d}",
+            "site": str(self.sites[i]),
+            "dataset": "toy",
+        }
+
+
+class SignalDataModule(L.LightningDataModule):
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.train_set = SignalDataset(64, kind, seed=1)
+        self.val_set = SignalDataset(32, kind, seed=2)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=16, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=16)
+
+
+def make_module(kind: str, **optim: object) -> TaskModule:
+    torch.manual_seed(0)
+    backbone = TinyBackbone()
+    mean, std = (50.0, 17.0) if kind == "regression" else (0.0, 1.0)
+    return TaskModule(
+        backbone, nn.Linear(4, 1), kind, OptimConfig(max_epochs=8, lr=1e-2, **optim),
+        target_mean=mean, target_std=std,
+    )
+
+
+def train(kind: str, **optim: object) -> tuple[TaskModule, float]:
+    L.seed_everything(0, workers=True)
+    module = make_module(kind, **optim)
+    settings = FinetuneSettings(
+        max_epochs=8, accelerator="cpu", precision="32", early_stopping_patience=0
+    )
+    result = fit_task_model(
+        module, SignalDataModule(kind), settings, enable_progress_bar=False
+    )
+    return module, result.best_score
+
+
+def test_warmup_then_cosine() -> None:
+    factors = [warmup_cosine_factor(s, 10, 100) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1)
+    assert factors[9] == pytest.approx(1.0)
+    assert all(a <= b for a, b in zip(factors[:10], factors[1:10], strict=False))
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
+    assert factors[-1] < 0.01
+
+
+def test_layerwise_decay_lowers_lr_towards_input() -> None:
+    layers = [[nn.Parameter(torch.zeros(2, 2))] for _ in range(3)]
+    groups = layerwise_param_groups(layers, base_lr=1.0, decay=0.5, weight_decay=0.1)
+    assert [g["lr"] for g in groups] == [0.25, 0.5, 1.0]
+    bias_groups = layerwise_param_groups([[nn.Parameter(torch.zeros(2))]], 1.0, 1.0, 0.1)
+    assert bias_groups[0]["weight_decay"] == 0.0
+
+
+@pytest.mark.slow
+def test_binary_task_learns_beyond_chance() -> None:
+    _, auc = train("binary")
+    assert auc > 0.85
+
+
+@pytest.mark.slow
+def test_regression_beats_mean_predictor() -> None:
+    module, mae = train("regression")
+    val = SignalDataset(32, "regression", seed=2)
+    mean_mae = float(np.abs(val.target - val.target.mean()).mean())
+    assert mae < 0.6 * mean_mae
+    frame, feats = predict_frame(module, DataLoader(val, batch_size=8), "val")
+    assert feats.shape == (32, 4)
+    assert frame["prediction"].between(0, 120).all()  # in years, not standardised units
+
+
+@pytest.mark.slow
+def test_same_seed_same_weights() -> None:
+    first, score_a = train("binary")
+    second, score_b = train("binary")
+    assert score_a == score_b
+    for (name, a), (_, b) in zip(
+        first.state_dict().items(), second.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+def test_linear_probe_freezes_backbone() -> None:
+    module = make_module("binary", linear_probe=True)
+    assert not any(p.requires_grad for p in module.backbone.parameters())
+    module.train()
+    assert not module.backbone.training
+    assert all(p.requires_grad for p in module.head.parameters())
+
+
+def test_save_is_atomic_and_replaces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = make_module("binary")
+    target = tmp_path / "models" / "ad"
+    save_task_model(module, target, {"kind": "binary"})
+    assert (target / MODEL_FILE).is_file()
+
+    def explode(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # a kill arriving mid-write
+
+    monkeypatch.setattr("neurotransfer.train.checkpoint.save_file", explode)
+    with pytest.raises(KeyboardInterrupt):
+        save_task_model(module, target, {"kind": "binary", "second": True})
+    # The earlier model is intact and no temporary folder is left behind.
+    assert json.loads((target / "meta.json").read_text()) == {"kind": "binary"}
+    assert sorted(p.name for p in target.parent.iterdir()) == ["ad"]
