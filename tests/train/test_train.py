@@ -79,8 +79,12 @@ def make_module(kind: str, **optim: object) -> TaskModule:
     backbone = TinyBackbone()
     mean, std = (50.0, 17.0) if kind == "regression" else (0.0, 1.0)
     return TaskModule(
-        backbone, nn.Linear(4, 1), kind, OptimConfig(max_epochs=8, lr=1e-2, **optim),
-        target_mean=mean, target_std=std,
+        backbone,
+        nn.Linear(4, 1),
+        kind,
+        OptimConfig(max_epochs=8, lr=1e-2, **optim),
+        target_mean=mean,
+        target_std=std,
     )
 
 
@@ -90,9 +94,7 @@ def train(kind: str, **optim: object) -> tuple[TaskModule, float]:
     settings = FinetuneSettings(
         max_epochs=8, accelerator="cpu", precision="32", early_stopping_patience=0
     )
-    result = fit_task_model(
-        module, SignalDataModule(kind), settings, enable_progress_bar=False
-    )
+    result = fit_task_model(module, SignalDataModule(kind), settings, enable_progress_bar=False)
     return module, result.best_score
 
 

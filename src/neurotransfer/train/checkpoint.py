@@ -9,14 +9,12 @@ directory and renamed into place, so a killed run never leaves a half-written mo
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_file, save_file
 
+from neurotransfer.atomic import atomic_directory
 from neurotransfer.train.module import OptimConfig, TaskModule
 
 MODEL_FILE = "model.safetensors"
@@ -24,21 +22,12 @@ META_FILE = "meta.json"
 
 
 def save_task_model(module: TaskModule, directory: str | Path, meta: dict[str, Any]) -> Path:
-    """Write the model atomically: into a temporary sibling, then rename over `directory`."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    """Write the model atomically (temporary sibling folder, then rename over `directory`)."""
+    with atomic_directory(directory) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
         save_file(state, str(tmp / MODEL_FILE))
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
+    return Path(directory)
 
 
 def load_task_model(directory: str | Path) -> tuple[TaskModule, dict[str, Any]]:
