@@ -18,6 +18,13 @@ from neurotransfer.config import SettingsError, load_settings
 # subcommand -> (stage module, one-line help). Stages appear here when their issue lands.
 STAGES: dict[str, tuple[str, str]] = {
     "cohort": ("neurotransfer.stages.cohort", "generate the embedded phantom cohort (BIDS)"),
+    "preprocess": (
+        "neurotransfer.stages.preprocess",
+        "ingest, register, normalise, cache and split the datasets (+ QC)",
+    ),
+    "synthesize": ("neurotransfer.stages.synthesize", "train the brain LDM and sample volumes"),
+    "finetune": ("neurotransfer.stages.finetune", "fine-tune the backbone on one task"),
+    "evaluate": ("neurotransfer.stages.evaluate", "score a fine-tuned task model, ID and OOD"),
 }
 
 

@@ -47,7 +47,13 @@ class Strict(BaseModel):
 class SiteSettings(Strict):
     """One simulated scanner/site: how its images look and who it scans."""
 
-    voxel_size: Spacing3D = (2.0, 2.0, 2.0)
+    # Voxel edges along the world L-R, P-A, I-S axes (whatever the storage orientation); above
+    # 8 mm a brain would be only ~20 voxels across: not a T1 scan.
+    voxel_size: tuple[
+        Annotated[float, Field(gt=0.0, le=8.0)],
+        Annotated[float, Field(gt=0.0, le=8.0)],
+        Annotated[float, Field(gt=0.0, le=8.0)],
+    ] = (2.0, 2.0, 2.0)
     orientation: str = "RAS"
     dtype: Literal["uint8", "int16", "float32"] = "int16"
     compressed: bool = True
@@ -93,6 +99,8 @@ class CohortDatasetSettings(Strict):
 
 
 class CohortSettings(Strict):
+    """The phantom generator (``neurotransfer.cohort``): where it writes and what it simulates."""
+
     seed: NonNegativeInt = 0
     out_dir: str = "data/raw"
     truth_dir: str = "data/phantom_truth"
@@ -105,7 +113,17 @@ class CohortSettings(Strict):
 
     @model_validator(mode="after")
     def _sites_exist(self) -> CohortSettings:
+        # Names become BIDS labels (sub-<dataset>0001) and file names (site-<name>.png).
+        for kind, names in (("datasets", self.datasets), ("sites", self.sites)):
+            bad = sorted(n for n in names if not n.isascii() or not n.isalnum())
+            if bad:
+                raise ValueError(f"{kind} names must be letters and digits only, got {bad}")
         for name, ds in self.datasets.items():
+            if ds.n_subjects < len(ds.sites):
+                raise ValueError(
+                    f"datasets.{name}.n_subjects ({ds.n_subjects}) is fewer than its "
+                    f"{len(ds.sites)} sites; every site needs at least one subject"
+                )
             unknown = sorted(set(ds.sites) - set(self.sites))
             if unknown:
                 raise ValueError(
@@ -129,26 +147,61 @@ class ColumnMap(Strict):
     path: str | None = None  # CSV manifests only: image path column
 
 
+SexCodes = dict[Literal["M", "F"], list[str]]
+
+
+def _check_sex_codes(codes: SexCodes) -> SexCodes:
+    shared = sorted(set(codes.get("M", [])) & set(codes.get("F", [])))
+    if shared:
+        raise ValueError(f"sex code(s) {shared} are listed under both M and F")
+    return codes
+
+
 class SourceDatasetSettings(Strict):
-    """One input dataset for ``preprocess``: a BIDS folder or a CSV manifest."""
+    """One input dataset for ``preprocess``: a BIDS folder or a CSV manifest.
+
+    ``path`` is relative to the repository root (or absolute). For ``csv`` it names the CSV file,
+    whose ``columns.path`` column holds image paths relative to the CSV's folder.
+    """
 
     format: Literal["bids", "csv"] = "bids"
-    path: str
+    path: str = Field(min_length=1)
     role: Literal["pool", "downstream"]
     columns: ColumnMap = ColumnMap()
     default_site: str | None = None  # used when the table has no site column
     diagnosis_map: dict[str, str] = Field(default_factory=dict)  # e.g. {"Control": "CN"}
+    # Codes of this dataset's sex column when they differ from data.sex_codes (e.g. 1=F, 2=M).
+    sex_codes: SexCodes | None = None
+    # Prepended to every participant id: subject ids identify people across datasets (the
+    # pool/test disjointness check), so datasets whose ids merely coincide need a prefix.
+    id_prefix: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> SourceDatasetSettings:
+        if self.format == "csv" and not self.columns.path:
+            raise ValueError("a csv dataset needs columns.path (the image path column)")
+        if self.sex_codes is not None:
+            _check_sex_codes(self.sex_codes)
+        return self
 
 
 class PreprocessSettings(Strict):
+    """Every scan is brought onto one RAS grid of ``shape`` voxels at ``spacing`` mm, centred on
+    the MNI152 brain, then cached as fp16."""
+
     spacing: Spacing3D = (4.0, 4.0, 4.0)
     shape: Shape3D = (40, 48, 40)
-    registration: bool = True
-    bias_correction: bool = False
-    brain_mask: bool = True
+    registration: bool = True  # affine to nilearn's MNI152; off: scans are already in MNI mm
+    registration_sampling: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+    registration_iterations: PositiveInt = 60  # per resolution level (shrink 4, then 2)
+    bias_correction: bool = False  # N4 (SimpleITK) before registration
+    brain_mask: bool = True  # multiply by nilearn's MNI152 brain mask
     normalisation: Literal["zscore", "percentile"] = "percentile"
     workers: PositiveInt = 2
+    # Scans whose in-mask correlation with the template falls below this are QC outliers:
+    # flagged in the QC table and metrics (not excluded: the QC montages let a person decide).
     min_template_correlation: Fraction = 0.5
+    max_voxel_size_mm: PositiveFloat = 10.0  # larger voxels are refused as absurd
 
 
 class SplitSettings(Strict):
@@ -194,6 +247,11 @@ class DataSettings(Strict):
     processed_dir: str = "data/processed"
     qc_dir: str = "reports/qc"
 
+    @field_validator("sex_codes")
+    @classmethod
+    def _sex_codes_disjoint(cls, value: SexCodes) -> SexCodes:
+        return _check_sex_codes(value)
+
     @model_validator(mode="after")
     def _ood_datasets_exist(self) -> DataSettings:
         unknown = sorted(set(self.splits.ood_datasets) - set(self.datasets))
@@ -224,6 +282,183 @@ class TaskSettings(Strict):
             raise ValueError("a binary task needs both 'positive' and 'negative' labels")
         if self.kind == "regression" and self.target != "age":
             raise ValueError("regression tasks support target 'age' only")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# synthesize: conditional 3D latent diffusion (the brain LDM of Pinaya et al.)
+# --------------------------------------------------------------------------------------------
+class AutoencoderNetSettings(Strict):
+    """Architecture of MONAI's ``AutoencoderKL`` (the arguments of the same names)."""
+
+    channels: list[PositiveInt] = Field(default_factory=lambda: [16, 32, 32], min_length=1)
+    attention_levels: list[bool] = Field(default_factory=lambda: [False, False, False])
+    num_res_blocks: PositiveInt = 1
+    latent_channels: PositiveInt = 3
+    norm_num_groups: PositiveInt = 8
+    with_nonlocal_attn: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> AutoencoderNetSettings:
+        _check_levels(self.channels, self.attention_levels, self.norm_num_groups)
+        return self
+
+    @property
+    def downsample_factor(self) -> int:
+        """How many image voxels one latent voxel spans along each axis."""
+        return 2 ** (len(self.channels) - 1)
+
+
+class DiffusionNetSettings(Strict):
+    """Architecture of MONAI's ``DiffusionModelUNet``; its conditioning inputs are fixed (four
+    covariates, concatenated as channels and attended to, as in the brain LDM bundle)."""
+
+    channels: list[PositiveInt] = Field(default_factory=lambda: [32, 64], min_length=1)
+    attention_levels: list[bool] = Field(default_factory=lambda: [False, True])
+    num_head_channels: list[NonNegativeInt] = Field(default_factory=lambda: [0, 32])
+    num_res_blocks: PositiveInt = 1
+    norm_num_groups: PositiveInt = 8
+    resblock_updown: bool = True
+    transformer_num_layers: PositiveInt = 1
+    upcast_attention: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> DiffusionNetSettings:
+        _check_levels(self.channels, self.attention_levels, self.norm_num_groups)
+        if len(self.num_head_channels) != len(self.channels):
+            raise ValueError("num_head_channels needs one entry per level of channels")
+        for level, (width, heads, attn) in enumerate(
+            zip(self.channels, self.num_head_channels, self.attention_levels, strict=True)
+        ):
+            if attn and (heads == 0 or width % heads):
+                raise ValueError(
+                    f"level {level}: num_head_channels {heads} must divide channels {width}"
+                )
+        return self
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.channels) - 1)
+
+
+def _check_levels(channels: list[int], attention: list[bool], groups: int) -> None:
+    if len(attention) != len(channels):
+        raise ValueError(
+            f"attention_levels has {len(attention)} entries, channels has {len(channels)}"
+        )
+    bad = [c for c in channels if c % groups]
+    if bad:
+        raise ValueError(f"channels {bad} are not multiples of norm_num_groups {groups}")
+
+
+class NoiseScheduleSettings(Strict):
+    """The DDPM/DDIM noise schedule (the bundle's values by default)."""
+
+    num_train_timesteps: PositiveInt = 1000
+    schedule: Literal["linear_beta", "scaled_linear_beta"] = "scaled_linear_beta"
+    beta_start: PositiveFloat = 0.0015
+    beta_end: PositiveFloat = 0.0205
+
+    @model_validator(mode="after")
+    def _check(self) -> NoiseScheduleSettings:
+        if not self.beta_start < self.beta_end < 1.0:
+            raise ValueError("need beta_start < beta_end < 1")
+        return self
+
+
+class AutoencoderTrainSettings(Strict):
+    net: AutoencoderNetSettings = AutoencoderNetSettings()
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 8
+    lr: PositiveFloat = 1e-3
+    patch_size: Shape3D | None = None  # random crops of this size; None: whole volumes
+    kl_weight: Annotated[float, Field(ge=0.0)] = 1e-6
+    adversarial_weight: Annotated[float, Field(ge=0.0)] = 0.0  # 0: no patch discriminator
+    adversarial_start_epoch: NonNegativeInt = 0
+    discriminator_channels: PositiveInt = 32
+    discriminator_layers: PositiveInt = 3
+
+
+class DiffusionTrainSettings(Strict):
+    net: DiffusionNetSettings = DiffusionNetSettings()
+    schedule: NoiseScheduleSettings = NoiseScheduleSettings()
+    epochs: PositiveInt = 50
+    batch_size: PositiveInt = 16
+    lr: PositiveFloat = 1e-3
+
+
+class CovariateRow(Strict):
+    """Conditioning covariates requested in raw units, and how many samples to draw at them."""
+
+    sex: Literal["M", "F"]
+    age: Annotated[float, Field(ge=0.0, le=120.0)]
+    csf_volume_ml: Annotated[float, Field(ge=0.0)]
+    brain_volume_ml: PositiveFloat
+    count: PositiveInt = 1
+
+
+class SamplingSettings(Strict):
+    n_samples: PositiveInt = 200  # drawn from the pool's covariates when `covariates` is empty
+    ddim_steps: PositiveInt = 20
+    batch_size: PositiveInt = 50
+    covariate_jitter: Annotated[float, Field(ge=0.0, le=0.5)] = 0.05
+    covariates: list[CovariateRow] = Field(default_factory=list)
+
+
+class SynthQualitySettings(Strict):
+    holdout_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
+    foreground_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
+    csf_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None  # None: Otsu on pool
+    ms_ssim_pairs: PositiveInt = 100
+    ms_ssim_kernel_size: Annotated[int, Field(ge=3, le=11)] = 7
+    memorisation_quantile: Fraction = 0.0
+    memorisation_downsample: PositiveInt = 1
+    feature_batch_size: PositiveInt = 16
+    montage_columns: Annotated[int, Field(ge=2, le=16)] = 8
+
+
+class PretrainedLDMSettings(Strict):
+    """The MONAI model-zoo brain LDM (or weights in its layout) read from local files."""
+
+    autoencoder_path: str
+    unet_path: str
+    layout: Literal["auto", "generative", "monai"] = "auto"
+    autoencoder: AutoencoderNetSettings
+    diffusion: DiffusionNetSettings
+    schedule: NoiseScheduleSettings = NoiseScheduleSettings()
+    image_shape: Shape3D = (160, 224, 160)
+    spacing: Spacing3D = (1.0, 1.0, 1.0)
+    scale_factor: PositiveFloat = 1.0
+
+    @model_validator(mode="after")
+    def _latent_grid(self) -> PretrainedLDMSettings:
+        factor = self.autoencoder.downsample_factor * self.diffusion.downsample_factor
+        if any(s % factor for s in self.image_shape):
+            raise ValueError(f"image_shape {self.image_shape} must be divisible by {factor}")
+        return self
+
+
+class SynthesizeSettings(Strict):
+    source: Literal["train", "pretrained"] = "train"
+    seed: NonNegativeInt = 0
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"
+    deterministic: bool = True
+    autoencoder: AutoencoderTrainSettings = AutoencoderTrainSettings()
+    diffusion: DiffusionTrainSettings = DiffusionTrainSettings()
+    sampling: SamplingSettings = SamplingSettings()
+    quality: SynthQualitySettings = SynthQualitySettings()
+    pretrained: PretrainedLDMSettings | None = None
+    model_dir: str = "models/ldm"
+    out_dir: str = "data/synthetic"
+    report_dir: str = "reports/synthetic"
+    metrics_path: str = "metrics/synthesize.json"
+    log_dir: str = "dvclive/synthesize"
+
+    @model_validator(mode="after")
+    def _pretrained_needs_files(self) -> SynthesizeSettings:
+        if self.source == "pretrained" and self.pretrained is None:
+            raise ValueError("source 'pretrained' needs a 'pretrained' block (weights paths)")
         return self
 
 
@@ -276,6 +511,7 @@ class Settings(Strict):
     tasks: dict[str, TaskSettings] = Field(min_length=1)
     model: ModelSettings
     pretrain: PretrainSettings = PretrainSettings()
+    synthesize: SynthesizeSettings | None = None
     finetune: FinetuneSettings = FinetuneSettings()
     evaluate: EvaluateSettings = EvaluateSettings()
     profile: Literal["cpu", "gpu"] = "cpu"
