@@ -111,3 +111,31 @@ def test_load_settings_reports_unknown_key(tmp_path: Path, default_params: dict)
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")
     with pytest.raises(SettingsError, match=r"finetune\.epochz: unknown key"):
         load_settings(path)
+
+
+def _declared_params(repo_root: Path, tasks: list[str]) -> list[str]:
+    stages = yaml.safe_load((repo_root / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    names: list[str] = []
+    for stage in stages.values():
+        body = stage.get("do", stage)
+        for entry in body.get("params", []):
+            keys = [entry] if isinstance(entry, str) else list(entry)
+            for key in keys:
+                if "${key}" in key:
+                    names += [key.replace("${key}", task) for task in tasks]
+                else:
+                    names.append(key)
+    return names
+
+
+@pytest.mark.parametrize("data_option", group_options("data"))
+def test_every_param_dvc_yaml_declares_is_in_params(repo_root: Path, data_option: str) -> None:
+    raw = composed(f"data={data_option}")
+    for name in _declared_params(repo_root, list(raw["tasks"])):
+        node = raw
+        for part in name.split("."):
+            assert isinstance(node, dict) and part in node, (
+                f"dvc.yaml declares param {name!r}, missing from params composed with "
+                f"data={data_option}: write it out in conf/"
+            )
+            node = node[part]

@@ -22,7 +22,6 @@ STAGES: dict[str, tuple[str, str]] = {
         "neurotransfer.stages.preprocess",
         "ingest, register, normalise, cache and split the datasets (+ QC)",
     ),
-    "synthesize": ("neurotransfer.stages.synthesize", "train the brain LDM and sample volumes"),
     "finetune": ("neurotransfer.stages.finetune", "fine-tune the backbone on one task"),
     "evaluate": ("neurotransfer.stages.evaluate", "score a fine-tuned task model, ID and OOD"),
 }

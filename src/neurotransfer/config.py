@@ -200,7 +200,7 @@ class PreprocessSettings(Strict):
     workers: PositiveInt = 2
     # Scans whose in-mask correlation with the template falls below this are QC outliers:
     # flagged in the QC table and metrics (not excluded: the QC montages let a person decide).
-    min_template_correlation: Fraction = 0.5
+    min_template_correlation: Fraction = 0.35  # IXI-HH registered: 0.40-0.53, unregistered < 0.2
     max_voxel_size_mm: PositiveFloat = 10.0  # larger voxels are refused as absurd
 
 

@@ -1,0 +1,138 @@
+"""Serving a task's splits from the cache, with MONAI augmentations."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from monai import transforms as mt
+from monai.data import DataLoader
+from torch.utils.data import Dataset
+
+from neurotransfer.config import AugmentSettings, TaskSettings
+from neurotransfer.data.cache import load_cached_volume, read_manifest
+from neurotransfer.data.tasks import select_task_rows
+
+SPLITS = ("train", "val", "test", "ood_test")
+
+
+def build_augmentation(settings: AugmentSettings) -> mt.Compose:
+    """Random left-right flip, small affine, contrast/scale, bias field, Gaussian noise.
+
+    Only left-right flips: brains are near-symmetric across the midline, not front to back.
+    """
+    angle = math.radians(settings.rotate_deg)
+    return mt.Compose(
+        [
+            mt.RandFlip(prob=settings.flip_prob, spatial_axis=0),
+            mt.RandAffine(
+                prob=settings.affine_prob,
+                rotate_range=(angle, angle, angle),
+                scale_range=(settings.scale,) * 3,
+                padding_mode="zeros",
+            ),
+            mt.RandScaleIntensity(factors=0.1, prob=settings.intensity_prob),
+            mt.RandAdjustContrast(prob=settings.intensity_prob, gamma=(0.8, 1.25)),
+            mt.RandBiasField(prob=settings.bias_field_prob, coeff_range=(0.0, 0.2)),
+            mt.RandGaussianNoise(prob=settings.noise_prob, std=settings.noise_std),
+        ]
+    )
+
+
+class CachedVolumeDataset(Dataset):
+    """Items of one split: cached arrays (memory-mapped, no NIfTI decoding) plus labels."""
+
+    def __init__(self, rows: pd.DataFrame, root: Path, transform: mt.Compose | None = None) -> None:
+        self.rows = rows.reset_index(drop=True)
+        self.root = root
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, object]:
+        row = self.rows.iloc[index]
+        volume = np.asarray(load_cached_volume(self.root / row["path"]), dtype=np.float32)
+        image = torch.from_numpy(volume[None].copy())
+        if self.transform is not None:
+            image = torch.as_tensor(self.transform(image), dtype=torch.float32)
+            image = image.as_tensor() if hasattr(image, "as_tensor") else image
+        return {
+            "image": image.contiguous(),
+            "target": torch.tensor(float(row["target"]), dtype=torch.float32),
+            "subject_id": str(row["subject_id"]),
+            "site": str(row["site"]),
+            "dataset": str(row["dataset"]),
+        }
+
+
+class TaskDataModule(L.LightningDataModule):
+    """A task's train/val/test/ood_test splits from the preprocessed cache."""
+
+    def __init__(
+        self,
+        manifest_path: str | Path,
+        task_name: str,
+        task: TaskSettings,
+        batch_size: int,
+        num_workers: int,
+        augment: AugmentSettings,
+        seed: int,
+        root: str | Path = ".",
+    ) -> None:
+        super().__init__()
+        self.manifest_path = Path(manifest_path)
+        self.task_name = task_name
+        self.task = task
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.augment = augment
+        self.seed = seed
+        self.root = Path(root)
+        self._rows: pd.DataFrame | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._rows is None:
+            self._rows = select_task_rows(
+                read_manifest(self.manifest_path), self.task_name, self.task
+            )
+
+    def frame(self, split: str) -> pd.DataFrame:
+        """Task rows of `split`: ``subject_id``, ``path``, ``site``, ``dataset``, ``target``..."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        self.setup()
+        assert self._rows is not None
+        return self._rows[self._rows["split"] == split].reset_index(drop=True)
+
+    def dataloader(self, split: str, augment: bool = False, shuffle: bool = False) -> DataLoader:
+        rows = self.frame(split)
+        transform = None
+        if augment and self.augment.enabled:
+            transform = build_augmentation(self.augment)
+            transform.set_random_state(seed=self.seed)
+        generator = torch.Generator().manual_seed(self.seed)
+        # Drop the last batch only when it would hold one sample (BatchNorm cannot train on it).
+        drop_last = shuffle and len(rows) > self.batch_size and len(rows) % self.batch_size == 1
+        return DataLoader(
+            CachedVolumeDataset(rows, self.root, transform),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            drop_last=drop_last,
+            generator=generator,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.dataloader("train", augment=True, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.dataloader("test")
