@@ -1,0 +1,157 @@
+"""Real `dvc` runs in a temporary git copy of the project, with the configs shrunk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import make_project_copy, run
+
+TINY_COHORT = {
+    "cohort/phantom.yaml": {
+        "datasets": {
+            "pool": {"n_subjects": 6},
+            "adni": {"n_subjects": 6},
+            "ppmi": {"n_subjects": 6},
+        }
+    }
+}
+
+
+@pytest.mark.slow
+def test_dvc_repro_cohort_then_noop_then_exp_run_composes_params(
+    tmp_path: Path, git_env: dict[str, str]
+) -> None:
+    repo = make_project_copy(tmp_path / "project", git_env, TINY_COHORT)
+
+    out = run(["dvc", "repro", "cohort"], repo, git_env)
+    assert "Running stage 'cohort'" in out
+    participants = (repo / "data/raw/adni/participants.tsv").read_text().splitlines()
+    assert participants[0].split("\t")[:5] == ["participant_id", "age", "sex", "diagnosis", "site"]
+    assert len(participants) == 1 + 6
+    assert (repo / "metrics/cohort.json").is_file()
+    assert list((repo / "reports/cohort").glob("site-*.png"))
+
+    again = run(["dvc", "repro", "cohort"], repo, git_env)
+    assert "Running stage" not in again
+    assert "didn't change" in again or "up to date" in again
+
+    # `dvc exp run -S group=option` composes a new params.yaml from conf/ (hydra.enabled).
+    run(["git", "add", "-A"], repo, git_env)
+    run(["git", "commit", "-q", "-m", "cohort outputs"], repo, git_env)
+    run(["dvc", "exp", "run", "cohort", "-S", "data=ixi_hh", "-S", "profile=gpu"], repo, git_env)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["data"]["name"] == "ixi_hh"
+    assert params["profile"] == "gpu"
+    assert set(params["tasks"]) == {"brain_age", "sex"}
+    assert params["cohort"]["datasets"]["adni"]["n_subjects"] == 6
+
+
+# A small but complete study: every stage, every task, on a tiny phantom cohort.
+TINY_STUDY = {
+    "cohort/phantom.yaml": {
+        "datasets": {
+            "pool": {"n_subjects": 12},
+            "adni": {"n_subjects": 40},
+            "ppmi": {"n_subjects": 40},
+        }
+    },
+    "profile/cpu.yaml": {
+        "finetune": {"max_epochs": 2, "early_stopping_patience": 0, "batch_size": 8},
+        "evaluate": {"bootstrap_samples": 50},
+    },
+}
+
+STABLE_FINETUNE_KEYS = ("best_epoch", "epochs_run", "n_train", "n_val")
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    import os
+
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t.invalid",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t.invalid",
+    }
+    repo = make_project_copy(tmp_path_factory.mktemp("study") / "project", env, TINY_STUDY)
+    run(["dvc", "repro"], repo, env, timeout=1800)
+    return repo, env
+
+
+@pytest.mark.slow
+def test_full_pipeline_writes_metrics_for_every_task(
+    tiny_study: tuple[Path, dict[str, str]],
+) -> None:
+    import json
+
+    repo, env = tiny_study
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for task, spec in params["tasks"].items():
+        result = json.loads((repo / f"metrics/eval/{task}.json").read_text())
+        assert result["task"] == task
+        assert {"test", "ood_test"} <= set(result["model_metrics"])
+        main = "auc" if spec["kind"] == "binary" else "mae"
+        value = result["model_metrics"]["test"]["metrics"][main]
+        assert value["ci_low"] <= value["value"] <= value["ci_high"]
+        assert "mean_predictor" in result["baselines"]
+        assert "ridge_voxels" in result["baselines"]
+        assert 0.0 <= result["site_probe"]["balanced_accuracy"] <= 1.0
+        assert (repo / f"reports/eval/{task}/predictions.csv").is_file()
+        assert (repo / f"models/finetuned/{task}/model.safetensors").is_file()
+
+    status = run(["dvc", "status"], repo, env)
+    assert "up to date" in status
+    shown = run(["dvc", "metrics", "show", "--json"], repo, env)
+    assert "metrics/eval/brain_age.json" in shown
+
+
+@pytest.mark.slow
+def test_kill_during_finetune_leaves_no_partial_outputs_and_repro_recovers(
+    tiny_study: tuple[Path, dict[str, str]],
+) -> None:
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    repo, env = tiny_study
+    before = json.loads((repo / "metrics/finetune/ad.json").read_text())
+    bin_dir = str(Path(sys.executable).parent)
+    proc = subprocess.Popen(
+        ["dvc", "repro", "--force", "--single-item", "finetune@ad"],
+        cwd=repo,
+        env={**env, "PATH": f"{bin_dir}:{env['PATH']}"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    # Wait until training is under way (dvclive has logged a step), then kill -9 everything.
+    step_file = repo / "dvclive/finetune/ad/plots/metrics/train_loss.tsv"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if step_file.is_file() and step_file.stat().st_mtime > time.time() - 60:
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    model_dir = repo / "models/finetuned/ad"
+    # Either the previous model, whole, or nothing: never a model without its metadata.
+    if model_dir.exists():
+        assert (model_dir / "model.safetensors").is_file() == (model_dir / "meta.json").is_file()
+    assert "finetune@ad" in run(["dvc", "status"], repo, env)
+
+    run(["dvc", "repro"], repo, env, timeout=1800)
+    assert "up to date" in run(["dvc", "status"], repo, env)
+    assert not list(model_dir.parent.glob(".ad.*")), "a killed run's temporary model remains"
+    after = json.loads((repo / "metrics/finetune/ad.json").read_text())
+    # Same seed on CPU: the re-run reproduces the interrupted stage's results exactly.
+    for key in (*STABLE_FINETUNE_KEYS, "best_val_auc"):
+        assert after[key] == before[key], key
