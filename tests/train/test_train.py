@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -102,8 +103,8 @@ def test_warmup_then_cosine() -> None:
     factors = [warmup_cosine_factor(s, 10, 100) for s in range(100)]
     assert factors[0] == pytest.approx(0.1)
     assert factors[9] == pytest.approx(1.0)
-    assert all(a <= b for a, b in zip(factors[:10], factors[1:10], strict=False))
-    assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
+    assert all(a <= b for a, b in itertools.pairwise(factors[:10]))
+    assert all(a >= b for a, b in itertools.pairwise(factors[9:]))
     assert factors[-1] < 0.01
 
 
