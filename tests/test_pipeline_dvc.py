@@ -41,10 +41,26 @@ def test_dvc_repro_cohort_then_noop_then_exp_run_composes_params(
     # `dvc exp run -S group=option` composes a new params.yaml from conf/ (hydra.enabled).
     run(["git", "add", "-A"], repo, git_env)
     run(["git", "commit", "-q", "-m", "cohort outputs"], repo, git_env)
-    run(["dvc", "exp", "run", "cohort", "-S", "data=ixi_hh", "-S", "profile=gpu"], repo, git_env)
+    run(
+        [
+            "dvc",
+            "exp",
+            "run",
+            "cohort",
+            "-S",
+            "data=ixi_hh",
+            "-S",
+            "model=vit3d",
+            "-S",
+            "profile=gpu",
+        ],
+        repo,
+        git_env,
+    )
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["data"]["name"] == "ixi_hh"
     assert params["profile"] == "gpu"
+    assert params["model"]["name"] == "vit3d"
     assert set(params["tasks"]) == {"brain_age", "sex"}
     assert params["cohort"]["datasets"]["adni"]["n_subjects"] == 6
 
@@ -59,10 +75,22 @@ TINY_STUDY = {
         }
     },
     "profile/cpu.yaml": {
-        "finetune": {"max_epochs": 2, "early_stopping_patience": 0, "batch_size": 8},
+        "finetune": {"max_epochs": 4, "early_stopping_patience": 0, "batch_size": 8},
         "evaluate": {"bootstrap_samples": 50},
     },
 }
+
+
+def _newest_mtime(folder: Path) -> int:
+    """Newest modification time (ns) of the dvclive curve files, 0 when there are none."""
+    newest = 0
+    for path in folder.glob("*.tsv"):
+        try:
+            newest = max(newest, path.stat().st_mtime_ns)
+        except FileNotFoundError:  # removed by DVC between listing and stat
+            continue
+    return newest
+
 
 STABLE_FINETUNE_KEYS = ("best_epoch", "epochs_run", "n_train", "n_val")
 
@@ -124,6 +152,8 @@ def test_kill_during_finetune_leaves_no_partial_outputs_and_repro_recovers(
     repo, env = tiny_study
     before = json.loads((repo / "metrics/finetune/ad.json").read_text())
     bin_dir = str(Path(sys.executable).parent)
+    curves = repo / "dvclive/finetune/ad/plots/metrics"
+    previous = _newest_mtime(curves)
     proc = subprocess.Popen(
         ["dvc", "repro", "--force", "--single-item", "finetune@ad"],
         cwd=repo,
@@ -132,13 +162,14 @@ def test_kill_during_finetune_leaves_no_partial_outputs_and_repro_recovers(
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    # Wait until training is under way (dvclive has logged a step), then kill -9 everything.
-    step_file = repo / "dvclive/finetune/ad/plots/metrics/train_loss.tsv"
-    deadline = time.monotonic() + 300
+    # Wait until the first epoch has been logged (DVC deleted the old curves before the run),
+    # so training is under way, then kill -9 the whole process group mid-run.
+    deadline = time.monotonic() + 600
     while time.monotonic() < deadline and proc.poll() is None:
-        if step_file.is_file() and step_file.stat().st_mtime > time.time() - 60:
+        if _newest_mtime(curves) > previous:
             break
-        time.sleep(0.2)
+        time.sleep(0.05)
+    assert proc.poll() is None, "finetune@ad finished before it could be interrupted"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 
