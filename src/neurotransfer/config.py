@@ -48,16 +48,18 @@ class SiteSettings(Strict):
     """One simulated scanner/site: how its images look and who it scans."""
 
     # Voxel edges along the world L-R, P-A, I-S axes (whatever the storage orientation); above
-    # 8 mm a brain would be only ~20 voxels across: not a T1 scan.
+    # 8 mm a brain would be only ~20 voxels across (not a T1 scan), below 0.5 mm one scan would
+    # be hundreds of megabytes simulated from a 1-2 mm template.
     voxel_size: tuple[
-        Annotated[float, Field(gt=0.0, le=8.0)],
-        Annotated[float, Field(gt=0.0, le=8.0)],
-        Annotated[float, Field(gt=0.0, le=8.0)],
+        Annotated[float, Field(ge=0.5, le=8.0)],
+        Annotated[float, Field(ge=0.5, le=8.0)],
+        Annotated[float, Field(ge=0.5, le=8.0)],
     ] = (2.0, 2.0, 2.0)
     orientation: str = "RAS"
     dtype: Literal["uint8", "int16", "float32"] = "int16"
     compressed: bool = True
-    gm_wm_contrast: PositiveFloat = 1.0
+    # scales the WM-GM intensity gap; at 2 grey matter is as dark as CSF
+    gm_wm_contrast: Annotated[float, Field(gt=0.0, le=2.0)] = 1.0
     intensity_scale: PositiveFloat = 1000.0
     bias_field: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
     noise_std: Annotated[float, Field(ge=0.0, le=1.0)] = 0.02
@@ -77,6 +79,16 @@ class SiteSettings(Strict):
                 "L/R, P/A, I/S (e.g. 'RAS', 'LPS', 'PSR')"
             )
         return code
+
+    @model_validator(mode="after")
+    def _int16_range(self) -> SiteSettings:
+        # simulated intensities stay below ~1.5 (WM 0.85 with bias and noise) before scaling
+        if self.dtype == "int16" and self.intensity_scale > 20000:
+            raise ValueError(
+                f"intensity_scale {self.intensity_scale:g} would overflow int16 storage "
+                "(keep it at most 20000, or use dtype float32)"
+            )
+        return self
 
 
 class CohortDatasetSettings(Strict):
@@ -193,14 +205,15 @@ class PreprocessSettings(Strict):
     shape: Shape3D = (40, 48, 40)
     registration: bool = True  # affine to nilearn's MNI152; off: scans are already in MNI mm
     registration_sampling: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
-    registration_iterations: PositiveInt = 60  # per resolution level (shrink 4, then 2)
+    registration_iterations: PositiveInt = 60  # per stage: similarity at 8 mm, at 4 mm, affine
     bias_correction: bool = False  # N4 (SimpleITK) before registration
     brain_mask: bool = True  # multiply by nilearn's MNI152 brain mask
     normalisation: Literal["zscore", "percentile"] = "percentile"
     workers: PositiveInt = 2
     # Scans whose in-mask correlation with the template falls below this are QC outliers:
     # flagged in the QC table and metrics (not excluded: the QC montages let a person decide).
-    min_template_correlation: Fraction = 0.35  # IXI-HH registered: 0.40-0.53, unregistered < 0.2
+    # IXI-HH at 4 mm: registered 0.40-0.60, unregistered 0.10-0.21, a wrong affine fit 0.22.
+    min_template_correlation: Fraction = 0.35
     max_voxel_size_mm: PositiveFloat = 10.0  # larger voxels are refused as absurd
 
 
@@ -385,6 +398,17 @@ class DiffusionTrainSettings(Strict):
     epochs: PositiveInt = 50
     batch_size: PositiveInt = 16
     lr: PositiveFloat = 1e-3
+    # Fraction of training steps whose covariates are replaced by the "unconditional" value, so
+    # that sampling can use classifier-free guidance (0: never, as the bundle was trained).
+    condition_dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    # Classifier-free guidance weight used when sampling from this model (None: unguided).
+    guidance_scale: Annotated[float, Field(ge=1.0)] | None = None
+
+    @model_validator(mode="after")
+    def _guidance_needs_dropout(self) -> DiffusionTrainSettings:
+        if self.guidance_scale is not None and self.condition_dropout == 0:
+            raise ValueError("guidance_scale needs a model trained with condition_dropout > 0")
+        return self
 
 
 class CovariateRow(Strict):
@@ -444,6 +468,7 @@ class SynthesizeSettings(Strict):
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"
     deterministic: bool = True
+    num_workers: NonNegativeInt = 0  # autoencoder data loading processes
     autoencoder: AutoencoderTrainSettings = AutoencoderTrainSettings()
     diffusion: DiffusionTrainSettings = DiffusionTrainSettings()
     sampling: SamplingSettings = SamplingSettings()
@@ -472,10 +497,83 @@ class ModelSettings(Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class SimCLRSettings(Strict):
+    """SimCLR (Chen et al. 2020): NT-Xent between two 3D-augmented views of each volume."""
+
+    temperature: PositiveFloat = 0.1
+    projection_dim: PositiveInt = 64
+    hidden_dim: PositiveInt = 128
+    crop_scale: tuple[Fraction, Fraction] = (0.6, 1.0)  # side fraction of the random crop
+    noise_std: Annotated[float, Field(ge=0.0)] = 0.05
+
+
+class MaskedSettings(Strict):
+    """Masked reconstruction: hide cubes of ``patch_size`` voxels, reconstruct them."""
+
+    mask_ratio: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.6
+    patch_size: PositiveInt = 8
+
+
+class ProbeSettings(Strict):
+    """The cheap representation signal: ridge regression of age on frozen pool features."""
+
+    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.25
+    ridge_alpha: PositiveFloat = 1.0
+
+
+PretrainObjective = Literal["covariates", "simclr", "masked"]
+
+
 class PretrainSettings(Strict):
     source: Literal["scratch", "imagenet", "kinetics", "synthetic", "ssl"] = "scratch"
+    # A local copy of the external (imagenet / kinetics) weights: safetensors or a weights-only
+    # torch state dict. null: torchvision's hub cache, downloading when online.
     weights_path: str | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
+    # torchvision weights enum member, e.g. IMAGENET1K_V1; null: the source's default.
+    weights: str | None = None
+    objectives: tuple[PretrainObjective, ...] = ()
+    covariates: tuple[str, ...] = ("age", "sex_scaled", "brain_volume_ml", "csf_volume_ml")
+    simclr: SimCLRSettings = SimCLRSettings()
+    masked: MaskedSettings = MaskedSettings()
+    probe: ProbeSettings = ProbeSettings()
+    epochs: NonNegativeInt = 0
+    batch_size: PositiveInt = 8
+    lr: PositiveFloat = 1e-3
+    weight_decay: Annotated[float, Field(ge=0.0)] = 1e-2
+    warmup_epochs: NonNegativeInt = 1
+    max_volumes: PositiveInt | None = None  # cap on training volumes (quick runs)
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    precision: Literal["auto", "32", "bf16-mixed"] = "auto"
+    seed: NonNegativeInt = 0
+    synthetic_dir: str = "data/synthetic"
+    out_dir: str = "models/pretrained"
+    metrics_path: str = "metrics/pretrain.json"
+    log_dir: str = "dvclive/pretrain"
+
+    @model_validator(mode="after")
+    def _objectives_fit_source(self) -> PretrainSettings:
+        allowed = {"synthetic": {"covariates", "simclr", "masked"}, "ssl": {"simclr", "masked"}}
+        if self.source in allowed:
+            if not self.objectives:
+                raise ValueError(
+                    f"objectives: source {self.source!r} trains, so name at least one of "
+                    f"{sorted(allowed[self.source])}"
+                )
+            bad = [o for o in self.objectives if o not in allowed[self.source]]
+            if bad:
+                raise ValueError(
+                    f"objectives: {bad} not available for source {self.source!r} (the real pool "
+                    f"has no covariate targets); choose from {sorted(allowed[self.source])}"
+                )
+            if self.epochs == 0:
+                raise ValueError(f"epochs: source {self.source!r} needs at least one epoch")
+        elif self.objectives:
+            raise ValueError(
+                f"objectives: source {self.source!r} does not train; set objectives to []"
+            )
+        if len(set(self.objectives)) != len(self.objectives):
+            raise ValueError(f"objectives: duplicates in {list(self.objectives)}")
+        return self
 
 
 class FinetuneSettings(Strict):
@@ -491,6 +589,18 @@ class FinetuneSettings(Strict):
     precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     devices: PositiveInt | Literal["auto"] = 1
+    # Scale-out: Lightning DDP over `devices` per node x `num_nodes` (launched by Lightning
+    # itself on one node, or by torchrun / srun on several; README "Performance and scale-out").
+    strategy: Literal["auto", "ddp", "ddp_find_unused_parameters_true"] = "auto"
+    num_nodes: PositiveInt = 1
+    # SyncBatchNorm makes DDP's BatchNorm statistics those of the global batch (CUDA only).
+    sync_batchnorm: bool = False
+    # GPU speed-ups (benchmarks/train_throughput.py measures each): channels-last-3d weights
+    # for 3D CNNs, torch.compile of the backbone (in place: state_dict keys are unchanged),
+    # cuDNN autotuning (needs deterministic: false to take effect).
+    channels_last: bool = False
+    compile: bool = False
+    cudnn_benchmark: bool = False
     num_workers: NonNegativeInt = 0
     seed: NonNegativeInt = 0
     deterministic: bool = True

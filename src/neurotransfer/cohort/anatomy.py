@@ -1,214 +1,274 @@
-"""Subject anatomy from the MNI152 2009 tissue templates that nilearn ships (no download).
+"""The reference anatomy: MNI152 2009 tissue maps, anatomical regions and a synthetic scalp.
 
-A subject is the template's grey-matter (GM), white-matter (WM) and CSF probability maps
-(CSF = brain mask minus GM minus WM), warped by a smooth random deformation, a head-size scale
-about the brain centre and a local magnification of the ventricles, and then thinned in chosen
-regions: GM that is lost becomes CSF, as atrophy does on a T1 scan.
+Everything here lives on the template grid (MNI152 2009c symmetric, shipped with nilearn, no
+download), cropped to the head. Tissue maps: grey and white matter from nilearn's probability
+templates; CSF is the brain mask minus GM minus WM (ventricles, sulci, cisterns).
 
-Regions cannot come from a downloaded atlas, so they are soft ellipsoids around MNI152
-coordinates (millimetres, RAS). Centres follow the centroids of the Harvard-Oxford subcortical
-atlas (hippocampus ~(+-26, -21, -14), amygdala ~(+-23, -5, -19), putamen ~(+-25, 2, 0)), the
-midbrain / substantia nigra level of the Talairach-Tournoux atlas (~(0, -22, -10)) and, for the
-lateral ventricles, the centroid of the template's own CSF > 0.5 voxels within 25 mm of the
-midline (measured: (0, -14, 13), spanning y -44..32 and z -4..30). Ellipsoid weights are
-evaluated at the template-space position each subject voxel samples from, so they move with the
-anatomy without being resampled.
+Regions cannot come from a downloaded atlas, so each is a union of ellipsoids placed at
+approximate MNI152 coordinates of the structure (centres of mass as tabulated for the
+Harvard-Oxford subcortical atlas; substantia nigra/midbrain from common literature coordinates,
+SN about (+-11, -17, -10)), with extents chosen on this template so that the ellipsoid covers the
+structure and little else. Each region is intersected with the tissue it describes where it is
+used (grey matter for the medial temporal lobe and putamen, CSF for the ventricles, GM+WM for the
+midbrain). They are approximations, which is enough here: the same definitions create the effects
+and measure them. ``<truth_dir>/regions_mni.nii.gz`` holds them as labels to overlay on the
+template.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import lru_cache
+import functools
+from dataclasses import dataclass, fields
 
 import numpy as np
+from numpy.typing import NDArray
 from scipy import ndimage
-from scipy.special import expit
+
+FloatArray = NDArray[np.float32]
+Box = tuple[slice, slice, slice]
 
 
 @dataclass(frozen=True)
 class Ellipsoid:
-    """A soft ellipsoid in MNI mm: weight ~1 inside, ~0 outside, a 10 % soft edge."""
+    """A solid ellipsoid in MNI152 mm; ``pitch_deg`` tilts it about the left-right axis."""
 
-    centre: tuple[float, float, float]
-    semi_axes: tuple[float, float, float]
-
-    def radius(self, points_mm: np.ndarray) -> np.ndarray:
-        """Normalised ellipsoidal radius (1 on the surface) of points shaped ``[3, ...]``."""
-        squared = None
-        for axis in range(3):
-            term = (points_mm[axis] - np.float32(self.centre[axis])) / np.float32(
-                self.semi_axes[axis]
-            )
-            squared = term * term if squared is None else squared + term * term
-        return np.sqrt(squared)
-
-    def weight(self, points_mm: np.ndarray) -> np.ndarray:
-        return expit((1.0 - self.radius(points_mm)) / 0.1).astype(np.float32)
+    centre_mm: tuple[float, float, float]
+    radii_mm: tuple[float, float, float]
+    pitch_deg: float = 0.0
 
 
-def _mirrored(centre: tuple[float, float, float], axes: tuple[float, float, float]) -> tuple:
-    left = Ellipsoid((-abs(centre[0]), centre[1], centre[2]), axes)
-    right = Ellipsoid((abs(centre[0]), centre[1], centre[2]), axes)
-    return left, right
+def _left_right(
+    centre: tuple[float, float, float], radii: tuple[float, float, float], pitch: float = 0.0
+) -> tuple[Ellipsoid, Ellipsoid]:
+    """Both hemispheres' copies of a structure (the 2009c symmetric template is mirrored)."""
+    x, y, z = centre
+    return (Ellipsoid((-abs(x), y, z), radii, pitch), Ellipsoid((abs(x), y, z), radii, pitch))
 
 
-# Medial temporal lobe: hippocampus with the amygdala in front of it (one ellipsoid a side).
-MEDIAL_TEMPORAL = _mirrored((26.0, -18.0, -15.0), (8.0, 20.0, 10.0))
-PUTAMEN = _mirrored((25.0, 2.0, 0.0), (6.0, 12.0, 8.0))
-MIDBRAIN = (Ellipsoid((0.0, -22.0, -10.0), (10.0, 9.0, 8.0)),)
-# Lateral (and third) ventricles: the CSF inside this ellipsoid.
-VENTRICLES = (Ellipsoid((0.0, -12.0, 12.0), (24.0, 38.0, 18.0)),)
-# Deep grey matter (basal ganglia, thalami) excluded from "cortex" together with the above.
-DEEP_GREY = (Ellipsoid((0.0, -8.0, 4.0), (32.0, 30.0, 18.0)),)
+# Region name -> ellipsoids (MNI152 mm). The first four carry the simulated effects; the last
+# three only say where cortical thinning does not apply.
+REGIONS: dict[str, tuple[Ellipsoid, ...]] = {
+    # hippocampus (long axis tilted, tail higher than head) and the amygdala in front of it
+    "medial_temporal": (
+        *_left_right((26.0, -22.0, -13.0), (6.0, 17.0, 7.0), pitch=25.0),
+        *_left_right((23.0, -5.0, -18.0), (6.0, 6.0, 6.0)),
+    ),
+    # lateral ventricles (bodies, frontal and occipital horns) and the third ventricle
+    "ventricles": _left_right((14.0, -8.0, 14.0), (12.0, 36.0, 16.0)),
+    "putamen": _left_right((25.0, 2.0, 0.0), (5.0, 13.0, 8.0)),
+    # midbrain, including the substantia nigra
+    "midbrain": (Ellipsoid((0.0, -24.0, -10.0), (11.0, 9.0, 8.0)),),
+    # caudate, pallidum, thalamus (and the putamen again)
+    "deep_grey": _left_right((18.0, -6.0, 4.0), (14.0, 26.0, 14.0)),
+    "cerebellum": (Ellipsoid((0.0, -60.0, -38.0), (52.0, 28.0, 24.0)),),
+    "brainstem": (Ellipsoid((0.0, -28.0, -34.0), (12.0, 14.0, 28.0)),),
+}
+REGION_LABELS = {name: index + 1 for index, name in enumerate(REGIONS)}
+
+# Ventricles grow by at most this much (mm); they may grow only inside the ventricle ellipsoids
+# enlarged by it, so the growth never leaks into cortical sulci.
+MAX_VENTRICLE_EXPANSION_MM = 8.0
+
+# Extracerebral layers by distance outside the brain surface (mm): CSF and meninges (dark),
+# skull (cortical bone, darkest), scalp (fat, bright on T1).
+SCALP_LAYERS_MM = {"extracerebral_csf": (0.0, 2.0), "skull": (2.0, 8.0), "scalp": (8.0, 14.0)}
 
 
-def region_weight(regions: tuple[Ellipsoid, ...], points_mm: np.ndarray) -> np.ndarray:
-    """Union (maximum) of the soft weights of several ellipsoids at ``[3, ...]`` points."""
-    weight = regions[0].weight(points_mm)
-    for region in regions[1:]:
-        np.maximum(weight, region.weight(points_mm), out=weight)
+@dataclass(frozen=True, eq=False)
+class Anatomy:
+    """Template-space maps on the cropped template grid (shared, read-only).
+
+    All arrays have the same shape; ``affine`` maps their indices to MNI152 mm (axis-aligned,
+    RAS). ``fov_lower_mm``/``fov_upper_mm`` bound the full, uncropped template grid, which every
+    simulated scan covers. ``regions`` are soft weights (0..1 with a one-voxel edge) that are
+    non-zero only inside ``region_boxes``; ``ventricle_growth_distance_mm`` is the distance
+    from the ventricles inside the zone they may grow into, infinite elsewhere.
+    """
+
+    resolution_mm: float
+    affine: NDArray[np.float64]
+    fov_lower_mm: NDArray[np.float64]
+    fov_upper_mm: NDArray[np.float64]
+    centre_mm: NDArray[np.float64]
+    gm: FloatArray
+    wm: FloatArray
+    brain: FloatArray
+    extracerebral_csf: FloatArray
+    skull: FloatArray
+    scalp: FloatArray
+    cortex: FloatArray
+    regions: dict[str, FloatArray]
+    region_boxes: dict[str, Box]
+    ventricle_growth_distance_mm: FloatArray
+    full_affine: NDArray[np.float64]
+    region_labels_full: NDArray[np.uint8]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.gm.shape  # type: ignore[return-value]
+
+    @property
+    def voxel_ml(self) -> float:
+        return self.resolution_mm**3 / 1000.0
+
+    def axis_mm(self) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+        """World coordinate of every index along x, y and z."""
+        return tuple(  # type: ignore[return-value]
+            self.affine[axis, 3] + self.resolution_mm * np.arange(n)
+            for axis, n in enumerate(self.shape)
+        )
+
+
+def ellipsoid_weight(
+    axis_mm: tuple[NDArray[np.floating], ...], ellipsoids: tuple[Ellipsoid, ...], edge_mm: float
+) -> FloatArray:
+    """Soft membership of a union of ellipsoids on an axis-aligned grid.
+
+    1 inside, 0 outside, linear across about ``edge_mm`` at the surface.
+    """
+    xs, ys, zs = (np.asarray(a, dtype=np.float32) for a in axis_mm)
+    weight = np.zeros((len(xs), len(ys), len(zs)), dtype=np.float32)
+    for e in ellipsoids:
+        dx = (xs - e.centre_mm[0])[:, None, None]
+        dy = (ys - e.centre_mm[1])[None, :, None]
+        dz = (zs - e.centre_mm[2])[None, None, :]
+        pitch = np.deg2rad(e.pitch_deg)
+        # coordinates in the ellipsoid's frame, whose long (y) axis points anterior and down
+        # for a positive pitch: its posterior end is the higher one
+        along = np.cos(pitch) * dy - np.sin(pitch) * dz
+        up = np.sin(pitch) * dy + np.cos(pitch) * dz
+        radius = np.sqrt(
+            (dx / e.radii_mm[0]) ** 2 + (along / e.radii_mm[1]) ** 2 + (up / e.radii_mm[2]) ** 2
+        )
+        inside = np.clip(0.5 + (1.0 - radius) * min(e.radii_mm) / edge_mm, 0.0, 1.0)
+        np.maximum(weight, inside, out=weight)
     return weight
 
 
-@dataclass(frozen=True, eq=False)  # hashed by identity: site grids are cached per template
-class Template:
-    """The cropped MNI152 tissue maps and the grid they live on."""
-
-    gm: np.ndarray  # float32 probability maps on the cropped template grid
-    wm: np.ndarray
-    brain: np.ndarray  # brain mask (0/1) as float32
-    near_brain: np.ndarray  # bool: voxels within one voxel (26-neighbourhood) of the brain
-    affine: np.ndarray  # voxel -> MNI mm of the cropped grid
-    brain_centre_mm: np.ndarray  # centroid of the brain mask, the centre of head-size scaling
-    fov_min_mm: np.ndarray  # corners of the field of view every site grid covers
-    fov_max_mm: np.ndarray
-
-    @property
-    def spacing_mm(self) -> float:
-        return float(self.affine[0, 0])
+def _enlarged(ellipsoids: tuple[Ellipsoid, ...], by_mm: float) -> tuple[Ellipsoid, ...]:
+    return tuple(
+        Ellipsoid(
+            e.centre_mm,
+            (e.radii_mm[0] + by_mm, e.radii_mm[1] + by_mm, e.radii_mm[2] + by_mm),
+            e.pitch_deg,
+        )
+        for e in ellipsoids
+    )
 
 
-# Room around the brain for larger heads and deformations (mm).
-FOV_MARGIN_MM = 8.0
+def _bounding_box(mask: NDArray[np.bool_]) -> Box:
+    where = np.argwhere(mask)
+    if where.size == 0:
+        raise RuntimeError("an anatomical region lies outside the template grid")
+    lo, hi = where.min(axis=0), where.max(axis=0) + 1
+    return (
+        slice(int(lo[0]), int(hi[0])),
+        slice(int(lo[1]), int(hi[1])),
+        slice(int(lo[2]), int(hi[2])),
+    )
 
 
-@lru_cache(maxsize=2)
-def load_template(resolution_mm: int = 2) -> Template:
-    """Load nilearn's MNI152 2009 GM/WM/brain-mask templates and crop them to the brain."""
+def _load_templates(resolution_mm: int) -> dict[str, object]:
+    """The MNI152 2009 templates nilearn ships, at the requested resolution."""
     from nilearn import datasets
 
-    gm_img = datasets.load_mni152_gm_template(resolution=resolution_mm)
-    wm_img = datasets.load_mni152_wm_template(resolution=resolution_mm)
-    mask_img = datasets.load_mni152_brain_mask(resolution=resolution_mm)
-    affine = np.asarray(gm_img.affine, dtype=np.float64)
-    brain = np.asarray(mask_img.get_fdata(), dtype=np.float32) > 0.5
-    gm = np.clip(np.asarray(gm_img.get_fdata(), dtype=np.float32), 0.0, 1.0) * brain
-    wm = np.clip(np.asarray(wm_img.get_fdata(), dtype=np.float32), 0.0, 1.0) * brain
-    # Probabilities must not exceed one in total, whatever rounding the templates carry.
-    total = gm + wm
-    over = total > 1.0
-    gm[over] /= total[over]
-    wm[over] /= total[over]
-
-    spacing = float(affine[0, 0])
-    pad = int(np.ceil(FOV_MARGIN_MM / spacing))
-    idx = np.argwhere(brain)
-    lo = np.maximum(idx.min(axis=0) - pad, 0)
-    hi = np.minimum(idx.max(axis=0) + pad + 1, brain.shape)
-    crop = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-    cropped_affine = affine.copy()
-    cropped_affine[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
-
-    brain_c = brain[crop].astype(np.float32)
-    centre_vox = np.argwhere(brain_c > 0).mean(axis=0)
-    centre_mm = cropped_affine[:3, :3] @ centre_vox + cropped_affine[:3, 3]
-    corner_max = cropped_affine[:3, :3] @ (np.array(brain_c.shape) - 1) + cropped_affine[:3, 3]
-    return Template(
-        gm=np.ascontiguousarray(gm[crop]),
-        wm=np.ascontiguousarray(wm[crop]),
-        brain=np.ascontiguousarray(brain_c),
-        near_brain=ndimage.binary_dilation(brain_c > 0, structure=np.ones((3, 3, 3), bool)),
-        affine=cropped_affine,
-        brain_centre_mm=centre_mm,
-        fov_min_mm=cropped_affine[:3, 3].copy(),
-        fov_max_mm=corner_max,
-    )
+    return {
+        "gm": datasets.load_mni152_gm_template(resolution=resolution_mm),
+        "wm": datasets.load_mni152_wm_template(resolution=resolution_mm),
+        "mask": datasets.load_mni152_brain_mask(resolution=resolution_mm),
+    }
 
 
-def _interpolation_matrix(size: int, control_points: int) -> np.ndarray:
-    """[size, control_points] weights of a normalised Gaussian kernel over evenly spaced knots."""
-    positions = np.linspace(0.0, control_points - 1.0, size)
-    knots = np.arange(control_points)
-    weights = np.exp(-0.5 * ((positions[:, None] - knots[None, :]) / 0.7) ** 2)
-    return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+@functools.lru_cache(maxsize=2)
+def build_anatomy(resolution_mm: int = 2) -> Anatomy:
+    """Load the templates and derive every template-space map the generator needs.
 
-
-def smooth_random_field(
-    rng: np.random.Generator, shape: tuple[int, ...], control_points: int, n_fields: int = 1
-) -> np.ndarray:
-    """``n_fields`` smooth random fields of unit standard deviation on a grid of ``shape``.
-
-    White noise on a coarse ``control_points``^3 lattice, interpolated separably with a
-    Gaussian kernel (three small matrix products: much cheaper than spline zooming):
-    variation over a few centimetres, like a bias field or inter-subject shape differences.
+    Cached per process and read-only: the stage builds it once; forked workers share it.
     """
-    coarse = rng.standard_normal((n_fields, *([control_points] * 3))).astype(np.float32)
-    mx, my, mz = (_interpolation_matrix(s, control_points) for s in shape)
-    fields = (mx @ coarse.reshape(n_fields, control_points, -1)).reshape(
-        n_fields, shape[0], control_points, control_points
+    images = _load_templates(resolution_mm)
+    full_affine = np.asarray(images["gm"].affine, dtype=np.float64)  # type: ignore[attr-defined]
+    res = float(resolution_mm)
+    if not np.allclose(full_affine[:3, :3], np.eye(3) * res):
+        raise RuntimeError(f"MNI152 template affine is not axis-aligned RAS at {res} mm")
+    raw = {k: img.get_fdata(dtype=np.float32) for k, img in images.items()}  # type: ignore[attr-defined]
+    full_shape = raw["gm"].shape
+
+    gm = np.clip(raw["gm"], 0.0, 1.0)
+    wm = np.clip(raw["wm"], 0.0, 1.0)
+    # the GM template reaches slightly beyond the binary mask: the brain is their union
+    brain = np.clip(np.maximum(raw["mask"], gm + wm), 0.0, 1.0)
+
+    # crop to the head (brain + scalp layers + margin for deformation and blur)
+    margin = int(np.ceil((max(far for _, far in SCALP_LAYERS_MM.values()) + 8.0) / res))
+    head = _bounding_box(brain > 0.01)
+    crop = tuple(
+        slice(max(s.start - margin, 0), min(s.stop + margin, n))
+        for s, n in zip(head, full_shape, strict=True)
     )
-    fields = (my @ fields) @ mz.T  # matrix products broadcast over the leading axes
-    fields -= fields.mean(axis=(1, 2, 3), keepdims=True)
-    fields /= fields.std(axis=(1, 2, 3), keepdims=True) + 1e-6
-    return np.ascontiguousarray(fields)
+    offset = np.array([s.start for s in crop])
+    affine = full_affine.copy()
+    affine[:3, 3] += res * offset
+    gm, wm, brain = (np.ascontiguousarray(a[crop]) for a in (gm, wm, brain))
+    shape = gm.shape
+    axis_mm = tuple(affine[i, 3] + res * np.arange(shape[i]) for i in range(3))
 
+    outside_mm = ndimage.distance_transform_edt(brain < 0.5, sampling=res)
+    layers = {}
+    for name, (near, far) in SCALP_LAYERS_MM.items():
+        layer = ((outside_mm > near) & (outside_mm <= far)).astype(np.float32)
+        layers[name] = ndimage.gaussian_filter(layer, sigma=1.0 / res) * (1.0 - brain)
 
-@dataclass(frozen=True)
-class Warp:
-    """The subject -> template mapping: head scale, random displacement, ventricle magnification."""
+    weights = {name: ellipsoid_weight(axis_mm, e, edge_mm=res) for name, e in REGIONS.items()}
+    non_cortical = np.maximum.reduce([weights[n] for n in REGIONS if n != "ventricles"])
+    envelope = ellipsoid_weight(
+        axis_mm, _enlarged(REGIONS["ventricles"], MAX_VENTRICLE_EXPANSION_MM), edge_mm=res
+    )
+    csf = brain - gm - wm
+    core = (csf > 0.5) & (weights["ventricles"] > 0.5)
+    growth_distance = ndimage.distance_transform_edt(~core, sampling=res).astype(np.float32)
+    # ventricles grow into the envelope only; the core itself is already ventricle
+    growth_distance[(envelope <= 0.0) | core] = np.inf
 
-    head_scale: float  # linear size factor about the brain centre (>1: larger head)
-    displacement_mm: np.ndarray  # [3, *grid] smooth random displacement, in mm
-    ventricle_magnification: float  # linear factor at the ventricle centre (>=1)
+    effect_regions = {
+        "medial_temporal": weights["medial_temporal"],
+        "putamen": weights["putamen"],
+        "midbrain": weights["midbrain"],
+        "ventricles": envelope,
+    }
+    boxes = {name: _bounding_box(w > 0.0) for name, w in effect_regions.items()}
 
+    labels_full = np.zeros(full_shape, dtype=np.uint8)
+    labels = labels_full[crop]  # a view: filled in place
+    for name, w in weights.items():
+        labels[(w > 0.5) & (labels == 0)] = REGION_LABELS[name]
 
-def template_positions(grid_mm: np.ndarray, warp: Warp, template: Template) -> np.ndarray:
-    """Template-space mm each subject-space point ``[3, *grid]`` takes its tissue from."""
-    centre = template.brain_centre_mm.astype(np.float32).reshape(3, 1, 1, 1)
-    source = centre + (grid_mm - centre) / np.float32(warp.head_scale) + warp.displacement_mm
-    # Local magnification x -> c + (x - c)(1 - s w(x)) with a Gaussian w around the ventricles:
-    # the ventricles look 1/(1-s) times larger in each direction and push the periventricular
-    # tissue outwards, as ventricular enlargement does. Invertible for s < 1.
-    (ventricles,) = VENTRICLES
-    shrink = 1.0 - 1.0 / warp.ventricle_magnification
-    if shrink > 0:
-        vent_centre = np.asarray(ventricles.centre, np.float32).reshape(3, 1, 1, 1)
-        gauss = np.exp(-0.5 * ventricles.radius(source) ** 2)
-        source = source - np.float32(shrink) * gauss * (source - vent_centre)
-    return source
+    fov_lower = full_affine[:3, 3].copy()
+    fov_upper = fov_lower + res * (np.asarray(full_shape) - 1)
+    centre = affine[:3, 3] + res * np.argwhere(brain > 0.5).mean(axis=0)
 
-
-def template_voxel_coordinates(source_mm: np.ndarray, template: Template) -> np.ndarray:
-    """Continuous template voxel indices ``[3, N]`` of mm positions ``[3, N]``."""
-    inv = np.linalg.inv(template.affine).astype(np.float32)
-    return inv[:3, :3] @ source_mm + inv[:3, 3:4]
-
-
-def near_brain(voxel_coords: np.ndarray, template: Template) -> np.ndarray:
-    """Which positions can receive tissue: their nearest template voxel is within one voxel of
-    the brain, so every trilinear corner outside this set is zero and skipping them is exact."""
-    nearest = np.rint(voxel_coords).astype(np.int64)
-    shape = np.array(template.brain.shape)[:, None]
-    inside = np.all((nearest >= 0) & (nearest < shape), axis=0)
-    keep = np.zeros(voxel_coords.shape[1], bool)
-    idx = nearest[:, inside]
-    keep[inside] = template.near_brain[idx[0], idx[1], idx[2]]
-    return keep
-
-
-def sample_tissues(voxel_coords: np.ndarray, template: Template) -> np.ndarray:
-    """Trilinear GM, WM and brain-mask values ``[3, N]`` at template voxel coordinates."""
-    out = np.empty((3, voxel_coords.shape[1]), np.float32)
-    for channel, volume in enumerate((template.gm, template.wm, template.brain)):
-        ndimage.map_coordinates(volume, voxel_coords, output=out[channel], order=1, mode="constant")
-    return out
+    anatomy = Anatomy(
+        resolution_mm=res,
+        affine=affine,
+        fov_lower_mm=fov_lower,
+        fov_upper_mm=fov_upper,
+        centre_mm=centre,
+        gm=gm,
+        wm=wm,
+        brain=brain,
+        extracerebral_csf=layers["extracerebral_csf"],
+        skull=layers["skull"],
+        scalp=layers["scalp"],
+        cortex=(1.0 - non_cortical).astype(np.float32),
+        regions=effect_regions,
+        region_boxes=boxes,
+        ventricle_growth_distance_mm=growth_distance,
+        full_affine=full_affine,
+        region_labels_full=labels_full,
+    )
+    for f in fields(anatomy):
+        value = getattr(anatomy, f.name)
+        arrays = value.values() if isinstance(value, dict) else [value]
+        for array in arrays:
+            if isinstance(array, np.ndarray):
+                array.flags.writeable = False
+    return anatomy

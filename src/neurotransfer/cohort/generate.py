@@ -1,26 +1,18 @@
 """Generate the phantom cohort: who is scanned where, their anatomy, their scans, the truth.
 
-Effect sizes (all multiplied by ``cohort.atrophy_scale``; ``a = (age - 20) / 70`` in [0, 1]):
+One subject, in order: draw the latents (:mod:`effects`) and the head warp (:mod:`warp`), apply
+the atrophy to the template tissue maps, measure the true volumes, synthesise the T1 with the
+site's tissue contrast, scan it at the site (:mod:`scanner`) and store it as the site does.
+Effect sizes are documented in :mod:`neurotransfer.cohort.effects`.
 
-============================  ===========================================  ==================
-effect                        model                                        at age 90 / in AD
-============================  ===========================================  ==================
-cortical GM thinning          GM -> CSF, fraction 0.18 a (+0.04 AD)        18 % (22 % AD)
-ventricular enlargement       linear magnification 1 + 0.38 a^1.5          ~2.6x volume
-                              (+0.10 AD severity)
-medial-temporal GM loss       GM -> CSF, fraction 0.10 a^1.5 + 0.30 AD     10 % (+15-30 % AD)
-PD putamen GM loss            GM -> CSF, fraction 0.03 a + 0.07 PD         3-7 %, subtle
-PD midbrain tissue loss       GM+WM -> CSF, fraction 0.02 a + 0.05 PD      2-5 %, subtle
-head size                     linear scale N(1.018, 0.03) M, N(0.982) F    ~11 % volume M vs F
-shape                         smooth displacement, 5^3 control points      2 mm s.d.
-============================  ===========================================  ==================
+Site confounding comes from the site-specific age distributions and patient fractions in
+``cohort.sites``: e.g. in the default cohort the ADNI-like siteD scans older people and more
+patients than siteA, as real multi-site data do.
 
-Disease severity is uniform in [0.5, 1] for each patient; each latent gets a little
-subject-level noise. Site confounding comes from the site-specific age distributions and
-patient fractions in ``cohort.sites``.
-
-Every random draw comes from a generator seeded by (seed, dataset, subject index) or
-(seed, dataset) or (seed, site), so the cohort is identical whatever the worker scheduling.
+Every random draw comes from a generator seeded by (seed, dataset) for the demographics,
+(seed, dataset, subject index) for a subject, or (seed, site) for a site's bias pattern, so the
+cohort is the same whatever the worker scheduling, and growing one dataset does not change
+another.
 """
 
 from __future__ import annotations
@@ -29,39 +21,32 @@ import json
 import logging
 import multiprocessing
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
+from numpy.typing import NDArray
 from scipy import stats
 
-from neurotransfer.cohort import anatomy, scanner
-from neurotransfer.config import CohortSettings
+from neurotransfer.cohort import anatomy as anatomy_module
+from neurotransfer.cohort import effects, scanner
+from neurotransfer.cohort.anatomy import Anatomy, build_anatomy
+from neurotransfer.cohort.warp import SubjectWarp, draw_warp
+from neurotransfer.config import CohortSettings, SettingsError
 
 log = logging.getLogger(__name__)
 
-DIAGNOSIS_LABEL = {"none": "CN", "AD": "AD", "PD": "PD"}
 MONTAGE_SUBJECTS_PER_SITE = 6
-
-# Effect sizes (see the module docstring).
-CORTICAL_LOSS_PER_AGE = 0.18
-CORTICAL_LOSS_AD = 0.04
-VENTRICLE_GROWTH_PER_AGE = 0.38
-VENTRICLE_GROWTH_AD = 0.10
-MEDIAL_TEMPORAL_LOSS_PER_AGE = 0.10
-MEDIAL_TEMPORAL_LOSS_AD = 0.30
-PUTAMEN_LOSS_PER_AGE = 0.03
-PUTAMEN_LOSS_PD = 0.07
-MIDBRAIN_LOSS_PER_AGE = 0.02
-MIDBRAIN_LOSS_PD = 0.05
-HEAD_SCALE_MEAN = {"M": 1.018, "F": 0.982}
-HEAD_SCALE_SD = 0.03
-DEFORMATION_SD_MM = 2.0
-DEFORMATION_CONTROL_POINTS = 5
-LATENT_NOISE_SD = 0.015
+# World point (MNI mm) the montage slices pass through: coronal through the hippocampi, axial
+# through the lateral ventricles and basal ganglia, sagittal on the midline.
+MONTAGE_POINT_MM = (0.0, -20.0, 8.0)
+# participants.tsv value for an unknown diagnosis (BIDS "n/a"; pandas reads it as missing).
+UNKNOWN = "n/a"
 
 
 @dataclass(frozen=True)
@@ -74,7 +59,7 @@ class SubjectPlan:
     site: str
     age: float
     sex: str
-    diagnosis: str
+    diagnosis: str  # the true group: CN, AD or PD (pool subjects are all CN)
     relative_path: str  # the T1w file, relative to the cohort output folder
     montage: bool  # whether its slices go into the site's montage
 
@@ -84,7 +69,13 @@ def _stable_key(name: str) -> int:
 
 
 def plan_cohort(cohort: CohortSettings) -> list[SubjectPlan]:
-    """Demographics of every subject: site allocation, age, sex and diagnosis per site mix."""
+    """Demographics of every subject: site allocation, age, sex and diagnosis per site mix.
+
+    A dataset's subjects are split evenly over its sites; ages follow the site's normal
+    distribution truncated to the dataset's age range; a downstream dataset's patients are the
+    site's ``patient_fraction`` of its subjects. Subject numbers are shuffled so that they do
+    not reveal the site.
+    """
     plans: list[SubjectPlan] = []
     montage_count: dict[str, int] = dict.fromkeys(cohort.sites, 0)
     for dataset, spec in cohort.datasets.items():
@@ -103,18 +94,23 @@ def plan_cohort(cohort: CohortSettings) -> list[SubjectPlan]:
                 size=n_site,
                 random_state=rng,
             )
-            n_patients = 0 if spec.disease == "none" else round(site.patient_fraction * n_site)
-            diagnoses = np.array(["CN"] * (n_site - n_patients) + [spec.disease] * n_patients)
-            diagnoses = rng.permutation(diagnoses)
+            n_patients = 0
+            if spec.disease != "none":  # rounded half up
+                n_patients = int(np.floor(site.patient_fraction * n_site + 0.5))
+            diagnoses = rng.permutation(
+                np.array(["CN"] * (n_site - n_patients) + [spec.disease] * n_patients)
+            )
             sexes = np.where(rng.random(n_site) < 0.5, "M", "F")
             for age, sex, diagnosis in zip(ages, sexes, diagnoses, strict=True):
-                rows.append((site_name, round(float(age), 1), str(sex), str(diagnosis)))
-        # Shuffle so that subject numbers do not reveal the site.
+                # ages as a participants table gives them: 0.1 year (the truth uses the same)
+                rows.append(
+                    (site_name, round(float(np.clip(age, low, high)), 1), str(sex), str(diagnosis))
+                )
         order = rng.permutation(len(rows))
-        suffix = ".nii.gz"
+        width = max(4, len(str(spec.n_subjects)))
         for index, row_index in enumerate(order):
             site_name, age, sex, diagnosis = rows[row_index]
-            participant = f"sub-{dataset}{index + 1:04d}"
+            participant = f"sub-{dataset}{index + 1:0{width}d}"
             suffix = ".nii.gz" if cohort.sites[site_name].compressed else ".nii"
             montage = montage_count[site_name] < MONTAGE_SUBJECTS_PER_SITE
             montage_count[site_name] += montage
@@ -131,159 +127,68 @@ def plan_cohort(cohort: CohortSettings) -> list[SubjectPlan]:
                     montage=montage,
                 )
             )
+    # e.g. dataset "a1" and a dataset "a" of 10000+ subjects would both make sub-a10001
+    clashes = sorted(pid for pid, n in Counter(p.participant_id for p in plans).items() if n > 1)
+    if clashes:
+        raise SettingsError(
+            f"cohort.datasets: dataset names give clashing participant ids {clashes[:5]}; "
+            "rename a dataset"
+        )
     return plans
 
 
-@dataclass(frozen=True)
-class Latents:
-    """The true per-subject anatomy parameters (saved as ground truth)."""
-
-    head_scale: float
-    disease_severity: float
-    cortical_gm_loss: float
-    medial_temporal_gm_loss: float
-    ventricle_magnification: float
-    putamen_gm_loss: float
-    midbrain_tissue_loss: float
+def subject_rng(plan: SubjectPlan, cohort: CohortSettings) -> np.random.Generator:
+    """The subject's own random stream: (seed, dataset, index), whatever the scheduling."""
+    return np.random.default_rng([cohort.seed, _stable_key(plan.dataset), plan.index + 1])
 
 
-def draw_latents(plan: SubjectPlan, scale: float, rng: np.random.Generator) -> Latents:
-    ageing = float(np.clip((plan.age - 20.0) / 70.0, 0.0, 1.0))
-    # Drawn for everyone, so that a subject's other draws (shape, noise) do not depend on the
-    # diagnosis: the same index with another diagnosis is the same person with the disease.
-    severity_draw = float(rng.uniform(0.5, 1.0))
-    severity = severity_draw if plan.diagnosis in ("AD", "PD") else 0.0
-    ad = severity if plan.diagnosis == "AD" else 0.0
-    pd = severity if plan.diagnosis == "PD" else 0.0
-    noise = LATENT_NOISE_SD * rng.standard_normal(5)
+@dataclass
+class SubjectAnatomy:
+    """A subject's anatomy before scanning: latents, head warp, tissue maps, true volumes."""
 
-    def fraction(value: float) -> float:
-        return float(np.clip(value, 0.0, 0.9))
-
-    return Latents(
-        head_scale=float(HEAD_SCALE_MEAN[plan.sex] + HEAD_SCALE_SD * rng.standard_normal()),
-        disease_severity=severity,
-        cortical_gm_loss=fraction(
-            scale * (CORTICAL_LOSS_PER_AGE * ageing + CORTICAL_LOSS_AD * ad) + noise[0]
-        ),
-        medial_temporal_gm_loss=fraction(
-            scale * (MEDIAL_TEMPORAL_LOSS_PER_AGE * ageing**1.5 + MEDIAL_TEMPORAL_LOSS_AD * ad)
-            + noise[1]
-        ),
-        ventricle_magnification=float(
-            max(
-                1.0,
-                1.0
-                + scale * (VENTRICLE_GROWTH_PER_AGE * ageing**1.5 + VENTRICLE_GROWTH_AD * ad)
-                + 2 * noise[2],
-            )
-        ),
-        putamen_gm_loss=fraction(
-            scale * (PUTAMEN_LOSS_PER_AGE * ageing + PUTAMEN_LOSS_PD * pd) + 0.3 * noise[3]
-        ),
-        midbrain_tissue_loss=fraction(
-            scale * (MIDBRAIN_LOSS_PER_AGE * ageing + MIDBRAIN_LOSS_PD * pd) + 0.3 * noise[4]
-        ),
-    )
+    latents: effects.Latents
+    warp: SubjectWarp
+    tissues: effects.Tissues
+    volumes: dict[str, float]
 
 
 def subject_anatomy(
-    latents: Latents,
-    grid_mm: np.ndarray,
-    template: anatomy.Template,
-    rng: np.random.Generator,
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], float]:
-    """Tissue maps on the given subject-space grid, region weights, and the displacement RMS."""
-    displacement = DEFORMATION_SD_MM * anatomy.smooth_random_field(
-        rng, grid_mm.shape[1:], DEFORMATION_CONTROL_POINTS, n_fields=3
-    )
-    warp = anatomy.Warp(latents.head_scale, displacement, latents.ventricle_magnification)
-    source = anatomy.template_positions(grid_mm, warp, template).reshape(3, -1)
-    coords = anatomy.template_voxel_coordinates(source, template)
-    # Only positions that land near the template brain can hold tissue: compute those alone.
-    keep = anatomy.near_brain(coords, template)
-    source, coords = source[:, keep], coords[:, keep]
-    gm, wm, brain = anatomy.sample_tissues(coords, template)
-    regions = {
-        "medial_temporal": anatomy.region_weight(anatomy.MEDIAL_TEMPORAL, source),
-        "putamen": anatomy.region_weight(anatomy.PUTAMEN, source),
-        "midbrain": anatomy.region_weight(anatomy.MIDBRAIN, source),
-        "ventricles": anatomy.region_weight(anatomy.VENTRICLES, source),
-    }
-    deep = anatomy.region_weight(anatomy.DEEP_GREY, source)
-    for name in ("medial_temporal", "putamen", "midbrain"):
-        np.maximum(deep, regions[name], out=deep)
-    cortex = 1.0 - deep
-
-    gm_loss = (
-        latents.cortical_gm_loss * cortex
-        + latents.medial_temporal_gm_loss * regions["medial_temporal"]
-        + latents.putamen_gm_loss * regions["putamen"]
-        + latents.midbrain_tissue_loss * regions["midbrain"]
-    )
-    gm = gm * (1.0 - np.clip(gm_loss, 0.0, 0.9))
-    wm = wm * (1.0 - latents.midbrain_tissue_loss * regions["midbrain"])
-    csf = np.clip(brain - gm - wm, 0.0, 1.0)  # lost tissue becomes CSF inside the brain
-    rms = float(np.sqrt((displacement**2).sum(axis=0).mean()))
-
-    def on_grid(values: np.ndarray) -> np.ndarray:
-        full = np.zeros(keep.shape, np.float32)
-        full[keep] = values
-        return full.reshape(grid_mm.shape[1:])
-
-    tissues = {"gm": gm, "wm": wm, "csf": csf, "brain": brain}
-    return (
-        {name: on_grid(values) for name, values in tissues.items()},
-        {name: on_grid(values) for name, values in regions.items()},
-        rms,
-    )
+    plan: SubjectPlan, cohort: CohortSettings, anatomy: Anatomy, rng: np.random.Generator
+) -> SubjectAnatomy:
+    """Draw the subject's latents and warp from ``rng`` and apply them to the template."""
+    latents = effects.draw_latents(plan.age, plan.sex, plan.diagnosis, cohort.atrophy_scale, rng)
+    warp = draw_warp(rng, latents.head_scale, anatomy)
+    tissues = effects.apply_effects(anatomy, latents)
+    volumes = effects.true_volumes(anatomy, tissues, warp.volume_ratio_on_template(anatomy))
+    return SubjectAnatomy(latents=latents, warp=warp, tissues=tissues, volumes=volumes)
 
 
-def true_volumes(
-    tissues: dict[str, np.ndarray], regions: dict[str, np.ndarray], voxel_ml: float
-) -> dict[str, float]:
-    """Regional volumes in mL measured on the subject's own tissue maps."""
-    gm, wm, csf = tissues["gm"], tissues["wm"], tissues["csf"]
+@dataclass
+class SubjectScan:
+    """One simulated subject: the stored image, its ground-truth row, and montage slices."""
 
-    def ml(values: np.ndarray) -> float:
-        return round(float(values.sum(dtype=np.float64)) * voxel_ml, 3)
-
-    return {
-        "gm_ml": ml(gm),
-        "wm_ml": ml(wm),
-        "csf_ml": ml(csf),
-        "brain_ml": ml(gm + wm),
-        "icv_ml": ml(tissues["brain"]),
-        "medial_temporal_gm_ml": ml(gm * regions["medial_temporal"]),
-        "ventricle_csf_ml": ml(csf * regions["ventricles"]),
-        "putamen_gm_ml": ml(gm * regions["putamen"]),
-        "midbrain_tissue_ml": ml((gm + wm) * regions["midbrain"]),
-    }
+    image: nib.Nifti1Image
+    truth: dict[str, Any]
+    montage_slices: list[NDArray[np.float32]] = field(default_factory=list)
 
 
-# Worker state: the template and settings, sent once per process by the pool initialiser.
-_WORKER: dict[str, Any] = {}
-
-
-def _init_worker(cohort: CohortSettings, out_root: str) -> None:
-    _WORKER["cohort"] = cohort
-    _WORKER["template"] = anatomy.load_template(cohort.template_resolution_mm)
-    _WORKER["out_root"] = Path(out_root)
-
-
-def simulate_subject(
-    plan: SubjectPlan, cohort: CohortSettings, template: anatomy.Template
-) -> tuple[Any, dict[str, Any], list[np.ndarray]]:
-    """One subject's NIfTI image, ground-truth row and (if in the montage) RAS mid-slices."""
-    import nibabel as nib
-
+def simulate_subject(plan: SubjectPlan, cohort: CohortSettings, anatomy: Anatomy) -> SubjectScan:
+    """Simulate one subject's scan (deterministic in the cohort seed and the subject's index)."""
     site = cohort.sites[plan.site]
-    rng = np.random.default_rng([cohort.seed, _stable_key(plan.dataset), plan.index + 1])
-    latents = draw_latents(plan, cohort.atrophy_scale, rng)
-    affine, grid_mm = scanner.site_grid(template, tuple(site.voxel_size))
-    tissues, regions, rms = subject_anatomy(latents, grid_mm, template, rng)
-    image = scanner.acquire(tissues, plan.site, site, cohort.seed, template.spacing_mm, rng)
-    img = scanner.to_nifti(image, affine, site)
+    rng = subject_rng(plan, cohort)
+    subject = subject_anatomy(plan, cohort, anatomy, rng)
+    jitter = 1.0 + scanner.TISSUE_JITTER_SD * rng.standard_normal(3)
+    means = scanner.tissue_intensities(site, subject.latents.gm_wm_contrast_factor)
+    means["gm"] *= jitter[0]
+    means["wm"] *= jitter[1]
+    means["csf"] *= jitter[2]
+    tissues = subject.tissues
+    t1 = scanner.synthesize_t1(anatomy, tissues.gm, tissues.wm, tissues.csf, means)
+    grid = scanner.site_grid(anatomy, site.voxel_size)
+    bias = scanner.site_bias_pattern(plan.site, cohort.seed, anatomy)
+    image = scanner.acquire(t1, anatomy, subject.warp, grid, site, bias, rng)
+    img = scanner.to_nifti(image, grid.affine, site)
+
     truth = {
         "participant_id": plan.participant_id,
         "dataset": plan.dataset,
@@ -292,70 +197,85 @@ def simulate_subject(
         "sex": plan.sex,
         "diagnosis": plan.diagnosis,
         "path": plan.relative_path,
-        **{k: round(v, 5) for k, v in asdict(latents).items()},
-        "deformation_rms_mm": round(rms, 4),
-        **true_volumes(tissues, regions, float(np.prod(site.voxel_size)) / 1000.0),
+        **{k: round(v, 5) for k, v in asdict(subject.latents).items()},
+        "deformation_rms_mm": round(subject.warp.displacement_rms_mm(anatomy), 4),
+        **{f"{tissue}_intensity": round(means[tissue], 5) for tissue in ("gm", "wm", "csf")},
+        **subject.volumes,
     }
-    slices: list[np.ndarray] = []
-    if plan.montage:
-        canonical = np.asarray(nib.as_closest_canonical(img).dataobj, dtype=np.float32)
-        centre = np.array(canonical.shape) // 2
-        slices = [
-            canonical[centre[0], :, :].T,
-            canonical[:, centre[1], :].T,
-            canonical[:, :, centre[2]].T,
-        ]
-    return img, truth, slices
+    slices = _orthogonal_slices(image, grid) if plan.montage else []
+    return SubjectScan(image=img, truth=truth, montage_slices=slices)
 
 
-def _generate_and_write(plan: SubjectPlan) -> tuple[dict[str, Any], list[np.ndarray]]:
+def _orthogonal_slices(image_ras: NDArray[np.float32], grid: scanner.SiteGrid) -> list[NDArray]:
+    """Sagittal, coronal and axial slices through MONTAGE_POINT_MM (rows: S or A, cols: A or R)."""
+    i, j, k = (
+        int(np.clip(np.rint((MONTAGE_POINT_MM[d] - grid.axes[d][0]) / grid.affine[d, d]), 0, n - 1))
+        for d, n in enumerate(grid.shape)
+    )
+    return [image_ras[i, :, :].T.copy(), image_ras[:, j, :].T.copy(), image_ras[:, :, k].T.copy()]
+
+
+# Worker state, set once per process by the pool initialiser.
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(cohort: CohortSettings, out_root: str, anatomy: Anatomy) -> None:
+    _WORKER.update(cohort=cohort, out_root=Path(out_root), anatomy=anatomy)
+
+
+def _simulate_and_write(plan: SubjectPlan) -> tuple[dict[str, Any], list[NDArray]]:
     cohort: CohortSettings = _WORKER["cohort"]
-    img, truth, slices = simulate_subject(plan, cohort, _WORKER["template"])
+    scan = simulate_subject(plan, cohort, _WORKER["anatomy"])
     path = _WORKER["out_root"] / plan.relative_path
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(scanner.nifti_bytes(img, cohort.sites[plan.site].compressed))
-    return truth, slices
+    path.write_bytes(scanner.nifti_bytes(scan.image, cohort.sites[plan.site].compressed))
+    return scan.truth, scan.montage_slices
 
 
 def _run_all(
-    plans: list[SubjectPlan], cohort: CohortSettings, out_root: Path
-) -> Iterator[tuple[dict[str, Any], list[np.ndarray]]]:
-    if cohort.workers == 1 or len(plans) < 2:
-        _init_worker(cohort, str(out_root))
-        yield from map(_generate_and_write, plans)
+    plans: list[SubjectPlan], cohort: CohortSettings, out_root: Path, anatomy: Anatomy
+) -> Iterator[tuple[dict[str, Any], list[NDArray]]]:
+    workers = min(cohort.workers, len(plans))
+    if workers <= 1:
+        _init_worker(cohort, str(out_root), anatomy)
+        yield from map(_simulate_and_write, plans)
         return
-    # Forked workers inherit the template loaded here instead of each loading nilearn's files.
-    anatomy.load_template(cohort.template_resolution_mm)
+    # Forked workers share the anatomy built here instead of each loading nilearn's files.
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     with ProcessPoolExecutor(
-        max_workers=cohort.workers,
+        max_workers=workers,
         mp_context=context,
         initializer=_init_worker,
-        initargs=(cohort, str(out_root)),
+        initargs=(cohort, str(out_root), anatomy),
     ) as pool:
-        yield from pool.map(_generate_and_write, plans, chunksize=4)
+        yield from pool.map(_simulate_and_write, plans, chunksize=4)
 
 
 @dataclass
 class CohortResult:
+    plans: list[SubjectPlan]
     truth_rows: list[dict[str, Any]]
-    montage_slices: dict[str, list[tuple[str, list[np.ndarray]]]]  # site -> [(id, slices)]
+    montage_slices: dict[str, list[tuple[str, list[NDArray]]]]  # site -> [(label, slices)]
 
 
 def write_cohort(cohort: CohortSettings, out_root: Path) -> CohortResult:
     """Write every dataset's BIDS folder under ``out_root``; return the truth and montage data."""
     plans = plan_cohort(cohort)
+    anatomy = build_anatomy(cohort.template_resolution_mm)
     out_root.mkdir(parents=True, exist_ok=True)
     truth_rows: list[dict[str, Any]] = []
-    montage: dict[str, list[tuple[str, list[np.ndarray]]]] = {name: [] for name in cohort.sites}
-    for plan, (truth, slices) in zip(plans, _run_all(plans, cohort, out_root), strict=True):
+    montage: dict[str, list[tuple[str, list[NDArray]]]] = {name: [] for name in cohort.sites}
+    for plan, (truth, slices) in zip(
+        plans, _run_all(plans, cohort, out_root, anatomy), strict=True
+    ):
         truth_rows.append(truth)
         if slices:
-            montage[plan.site].append((plan.participant_id, slices))
+            label = f"{plan.participant_id}\n{plan.age:.0f} y {plan.sex} {plan.diagnosis}"
+            montage[plan.site].append((label, slices))
     for dataset, spec in cohort.datasets.items():
-        _write_bids_metadata(out_root / dataset, dataset, spec.role, spec.disease, plans)
-    return CohortResult(truth_rows=truth_rows, montage_slices=montage)
+        write_bids_metadata(out_root / dataset, dataset, spec.role, spec.disease, plans)
+    return CohortResult(plans=plans, truth_rows=truth_rows, montage_slices=montage)
 
 
 PARTICIPANTS_SIDECAR = {
@@ -363,22 +283,29 @@ PARTICIPANTS_SIDECAR = {
     "age": {"Description": "age at scan", "Units": "years"},
     "sex": {"Description": "sex", "Levels": {"M": "male", "F": "female"}},
     "diagnosis": {
-        "Description": "clinical group",
+        "Description": "clinical group; n/a where the dataset records none (the upstream pool)",
         "Levels": {"CN": "cognitively normal", "AD": "Alzheimer's disease", "PD": "Parkinson's"},
     },
     "site": {"Description": "simulated scanner/site"},
 }
 
 
-def _write_bids_metadata(
+def write_bids_metadata(
     folder: Path, dataset: str, role: str, disease: str, plans: list[SubjectPlan]
 ) -> None:
+    """dataset_description.json, participants.tsv and participants.json of one dataset.
+
+    The upstream pool records age and sex only, like UK Biobank: its diagnosis is ``n/a``
+    (all its subjects are healthy, which the ground truth says).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     description = {
         "Name": f"neurotransfer phantom cohort: {dataset}",
         "BIDSVersion": "1.9.0",
         "DatasetType": "raw",
-        "GeneratedBy": [{"Name": "neurotransfer cohort"}],
+        "GeneratedBy": [
+            {"Name": "neurotransfer cohort", "Description": "MNI152-based synthetic T1 phantom"}
+        ],
         "neurotransfer": {"role": role, "disease": disease},
     }
     (folder / "dataset_description.json").write_text(
@@ -390,20 +317,63 @@ def _write_bids_metadata(
     lines = ["participant_id\tage\tsex\tdiagnosis\tsite"]
     for plan in plans:
         if plan.dataset == dataset:
+            diagnosis = UNKNOWN if role == "pool" else plan.diagnosis
             lines.append(
-                f"{plan.participant_id}\t{plan.age:.1f}\t{plan.sex}\t{plan.diagnosis}\t{plan.site}"
+                f"{plan.participant_id}\t{plan.age:.1f}\t{plan.sex}\t{diagnosis}\t{plan.site}"
             )
     (folder / "participants.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def site_truth(cohort: CohortSettings) -> dict[str, Any]:
-    """The true site parameters (as configured, plus the tissue intensities they imply)."""
-    return {
-        name: {
+def site_truth(cohort: CohortSettings, anatomy: Anatomy) -> dict[str, Any]:
+    """The true site parameters: as configured, plus what they imply (intensities, grid)."""
+    truth = {}
+    for name, site in cohort.sites.items():
+        grid = scanner.site_grid(anatomy, site.voxel_size)
+        truth[name] = {
             **site.model_dump(mode="json"),
-            "tissue_intensity": scanner.tissue_intensities(site),
-            "bias_field_seed": [cohort.seed, _stable_key(name)],
+            "tissue_intensity_young": scanner.tissue_intensities(site),
+            "ras_grid_shape": list(grid.shape),
+            "ras_grid_affine": grid.affine.round(6).tolist(),
+            "bias_pattern_seed": [cohort.seed, _stable_key(name)],
             "datasets": [d for d, spec in cohort.datasets.items() if name in spec.sites],
         }
-        for name, site in cohort.sites.items()
+    return truth
+
+
+def region_truth(anatomy: Anatomy) -> dict[str, Any]:
+    """Region definitions, label values and effect sizes, for scoring against ground truth."""
+    return {
+        "template": "MNI152 2009c symmetric (nilearn), "
+        f"{anatomy.resolution_mm:g} mm; labels in regions_mni.nii.gz",
+        "labels": anatomy_module.REGION_LABELS,
+        "ellipsoids_mm": {
+            name: [asdict(e) for e in ellipsoids]
+            for name, ellipsoids in anatomy_module.REGIONS.items()
+        },
+        "effect_sizes": {
+            name: getattr(effects, name)
+            for name in dir(effects)
+            if name.isupper() and isinstance(getattr(effects, name), float | tuple | dict)
+        },
     }
+
+
+def write_ground_truth(
+    folder: Path, cohort: CohortSettings, truth_rows: list[dict[str, Any]]
+) -> None:
+    """subjects.csv (latents and true volumes), sites.json, regions.json, regions_mni.nii.gz."""
+    import pandas as pd
+
+    anatomy = build_anatomy(cohort.template_resolution_mm)
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(truth_rows).to_csv(folder / "subjects.csv", index=False, float_format="%.6g")
+    for name, content in (
+        ("sites.json", site_truth(cohort, anatomy)),
+        ("regions.json", region_truth(anatomy)),
+    ):
+        (folder / name).write_text(
+            json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
+    labels = nib.Nifti1Image(anatomy.region_labels_full, anatomy.full_affine)
+    labels.set_sform(anatomy.full_affine, code="mni")
+    (folder / "regions_mni.nii.gz").write_bytes(scanner.nifti_bytes(labels, compressed=True))

@@ -1,5 +1,5 @@
-"""Per-site montage PNGs: three orthogonal mid-slices of several subjects, so a person can see
-what each simulated scanner produces."""
+"""Per-site montage PNGs: three orthogonal slices of several subjects, so a person can see what
+each simulated scanner produces (contrast, bias, noise, blur, resolution)."""
 
 from __future__ import annotations
 
@@ -8,28 +8,34 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import NDArray
 
 VIEW_NAMES = ("sagittal", "coronal", "axial")
 
 
 def write_site_montage(
-    path: Path, site: str, subjects: list[tuple[str, list[np.ndarray]]], voxel_size: tuple
+    path: Path,
+    site: str,
+    subjects: list[tuple[str, list[NDArray[np.float32]]]],
+    voxel_size: tuple[float, float, float],
 ) -> Path:
-    """One row per subject, columns sagittal/coronal/axial, shown in RAS voxel order
-    (image right = subject anterior/right, image top = superior/anterior)."""
-    import matplotlib
+    """One row per subject (``(label, [sagittal, coronal, axial])``), written atomically.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Slices are in RAS voxel order, as :func:`generate._orthogonal_slices` cuts them: sagittal
+    rows run inferior->superior and columns posterior->anterior; coronal and axial columns run
+    left->right (neurological convention). Display aspect follows the voxel size, so
+    anisotropic sites are not squashed.
+    """
+    from matplotlib.figure import Figure
 
     if not subjects:
         raise ValueError(f"site {site!r} has no subjects to show in its montage")
     rows = len(subjects)
-    fig, axes = plt.subplots(rows, 3, figsize=(7.5, 2.4 * rows), squeeze=False)
-    # Display aspect from the voxel size, so anisotropic sites are not squashed.
+    fig = Figure(figsize=(7.5, 2.4 * rows))
+    axes = fig.subplots(rows, 3, squeeze=False)
     sx, sy, sz = voxel_size
     aspects = (sz / sy, sz / sx, sy / sx)
-    for row, (participant, slices) in enumerate(subjects):
+    for row, (label, slices) in enumerate(subjects):
         high = float(np.percentile(np.concatenate([s.ravel() for s in slices]), 99.5)) or 1.0
         for col, (image, aspect) in enumerate(zip(slices, aspects, strict=True)):
             ax = axes[row, col]
@@ -39,7 +45,7 @@ def write_site_montage(
             if row == 0:
                 ax.set_title(VIEW_NAMES[col], fontsize=9)
             if col == 0:
-                ax.set_ylabel(participant, fontsize=8)
+                ax.set_ylabel(label, fontsize=8)
     fig.suptitle(f"{site} (voxel {sx:g}x{sy:g}x{sz:g} mm, shown in RAS)", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,6 +57,4 @@ def write_site_montage(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    finally:
-        plt.close(fig)
     return path

@@ -1,9 +1,9 @@
 """`neurotransfer cohort`: write the embedded multi-site phantom cohort.
 
-Outputs (paths from ``cohort`` params): BIDS folders ``<out_dir>/<dataset>/``, the ground truth
-``<truth_dir>/subjects.csv`` and ``<truth_dir>/sites.json``, montages
+Outputs (paths from the ``cohort`` params): BIDS folders ``<out_dir>/<dataset>/``, the ground
+truth in ``<truth_dir>/`` (subjects.csv, sites.json, regions.json, regions_mni.nii.gz), montages
 ``<report_dir>/site-<name>.png`` and ``metrics/cohort.json``. Each output folder is built in a
-temporary folder beside it and renamed into place only when everything succeeded, so an
+hidden temporary folder beside it and renamed into place only when everything succeeded, so an
 interrupted run never leaves a half-written cohort.
 """
 
@@ -27,10 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> None:
-    import pandas as pd
-
     from neurotransfer.atomic import atomic_directory, write_json_atomic
-    from neurotransfer.cohort.generate import site_truth, write_cohort
+    from neurotransfer.cohort.generate import write_cohort, write_ground_truth
     from neurotransfer.cohort.montage import write_site_montage
 
     cohort = settings.cohort
@@ -39,22 +37,15 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
             "cohort: no 'cohort' block in the parameters; the cohort stage generates the "
             "phantom cohort and needs one (compose with cohort=phantom)"
         )
-    out_dir, truth_dir, report_dir = (
-        Path(cohort.out_dir),
-        Path(cohort.truth_dir),
-        Path(cohort.report_dir),
-    )
     start = time.perf_counter()
     with (
-        atomic_directory(out_dir) as staged_out,
-        atomic_directory(truth_dir) as staged_truth,
-        atomic_directory(report_dir) as staged_report,
+        atomic_directory(cohort.out_dir) as staged_out,
+        atomic_directory(cohort.truth_dir) as staged_truth,
+        atomic_directory(cohort.report_dir) as staged_report,
     ):
         result = write_cohort(cohort, staged_out)
         generation_seconds = time.perf_counter() - start
-        truth = pd.DataFrame(result.truth_rows)
-        truth.to_csv(staged_truth / "subjects.csv", index=False, float_format="%.6g")
-        write_json_atomic(staged_truth / "sites.json", site_truth(cohort))
+        write_ground_truth(staged_truth, cohort, result.truth_rows)
         for site, subjects in result.montage_slices.items():
             if subjects:
                 write_site_montage(
@@ -65,13 +56,13 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
                 )
 
     counts: dict[str, dict[str, dict[str, int]]] = {}
-    for (dataset, site, diagnosis), n in Counter(
-        zip(truth["dataset"], truth["site"], truth["diagnosis"], strict=True)
-    ).items():
+    for (dataset, site, diagnosis), n in sorted(
+        Counter((p.dataset, p.site, p.diagnosis) for p in result.plans).items()
+    ):
         counts.setdefault(dataset, {}).setdefault(site, {})[diagnosis] = n
     metrics = {
-        "n_subjects": len(truth),
-        "n_sites": int(truth["site"].nunique()),
+        "n_subjects": len(result.plans),
+        "n_sites": len({p.site for p in result.plans}),
         "counts": counts,
         "generation_seconds": round(generation_seconds, 2),
         "total_seconds": round(time.perf_counter() - start, 2),
@@ -79,9 +70,9 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
     }
     write_json_atomic(METRICS_PATH, metrics)
     log.info(
-        "cohort: %d subjects over %d sites in %.1f s (%s)",
-        len(truth),
+        "cohort: %d subjects over %d sites in %.1f s (written to %s)",
+        metrics["n_subjects"],
         metrics["n_sites"],
         generation_seconds,
-        out_dir,
+        cohort.out_dir,
     )
