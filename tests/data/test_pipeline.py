@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -18,7 +19,7 @@ from neurotransfer.config import (
 )
 from neurotransfer.data import TaskDataModule, load_cached_volume, read_manifest, select_task_rows
 from neurotransfer.data.ingest import DatasetError, ingest
-from neurotransfer.data.pipeline import run_preprocess
+from neurotransfer.data.pipeline import process_scans, run_preprocess
 from neurotransfer.data.splits import SplitError, assign_splits
 
 from .niftis import mni_phantom, write_bids
@@ -191,6 +192,9 @@ def test_end_to_end_stage_output_and_datamodule(tmp_path: Path) -> None:
         "qc_table.csv",
     ]
     assert not list((tmp_path / "data").glob(".processed.*"))  # no temporaries left
+    # Paths relative to the root: the manifest survives moving the project.
+    source = manifest.set_index("subject_id").loc["sub-p0", "source_path"]
+    assert source == "raw/pool/sub-p0/anat/sub-p0_T1w.nii.gz"
 
     task = TaskSettings(
         kind="binary", target="diagnosis", positive="AD", negative="CN", datasets=["adni"]
@@ -210,7 +214,9 @@ def test_end_to_end_stage_output_and_datamodule(tmp_path: Path) -> None:
     module.setup("fit")
     batch = next(iter(module.train_dataloader()))
     assert batch["image"].shape == (4, 1, *settings.preprocess.shape)
-    assert batch["image"].dtype == np.float32 or str(batch["image"].dtype) == "torch.float32"
+    assert str(batch["image"].dtype) == "torch.float32"
+    assert str(batch["target"].dtype) == "torch.float32" and batch["target"].shape == (4,)
+    assert set(batch) == {"image", "target", "subject_id", "site", "dataset"}
     test_ids = [s for b in module.dataloader("test") for s in b["subject_id"]]
     assert test_ids == module.frame("test")["subject_id"].tolist()
 
@@ -222,3 +228,76 @@ def test_task_without_positive_rows_names_the_task() -> None:
     )
     with pytest.raises(ValueError, match="task 'pd'"):
         select_task_rows(manifest, "pd", task)
+
+
+def _kill_worker_on_crash_files(source: str, out: str, seed: int) -> dict:
+    """A scan worker that dies like a segfaulting C library on files named *crash*."""
+    if "crash" in Path(source).name:
+        os._exit(139)
+    return {"exclusion_reason": "", "seconds": 0.0, "source": source}
+
+
+@pytest.mark.slow
+def test_a_scan_that_kills_its_worker_is_excluded_and_the_others_finish(tmp_path: Path) -> None:
+    names = ["a", "b", "crash", "c", "d", "e"]
+    jobs = [(str(tmp_path / f"{name}.nii.gz"), str(tmp_path / f"{name}.npy")) for name in names]
+    results = process_scans(
+        jobs,
+        PreprocessSettings(registration=False, workers=2),
+        progress=False,
+        worker=_kill_worker_on_crash_files,
+    )
+    assert len(results) == len(names)
+    for (source, _), result in zip(jobs, results, strict=True):
+        if "crash" in source:
+            assert result["exclusion_reason"].startswith(source)
+            assert "worker process died" in result["exclusion_reason"]
+        else:
+            assert result == {"exclusion_reason": "", "seconds": 0.0, "source": source}
+
+
+@pytest.mark.slow
+def test_rerun_reuses_unchanged_scans_and_recomputes_changed_ones(tmp_path: Path) -> None:
+    root = _downstream(tmp_path / "raw" / "adni", n=6, bad={"sub-d05": "not an image"})
+    settings = _settings(tmp_path, adni={"path": "raw/adni", "role": "downstream"})
+    first = run_preprocess(settings, tmp_path, progress=False)
+    assert first["timing"]["n_computed"] == 6 and first["timing"]["n_reused"] == 0
+    before = read_manifest(tmp_path / "data/processed/manifest.csv").set_index("subject_id")
+
+    second = run_preprocess(settings, tmp_path, progress=False)
+    assert second["timing"]["n_computed"] == 0 and second["timing"]["n_reused"] == 6
+    after = read_manifest(tmp_path / "data/processed/manifest.csv").set_index("subject_id")
+    pd.testing.assert_frame_equal(before, after)  # the recorded failure is reused too
+    for path in after.loc[after["path"] != "", "path"]:
+        assert np.array_equal(load_cached_volume(tmp_path / path), np.load(tmp_path / path))
+
+    # One input file changes: only that scan is recomputed.
+    nib.save(mni_phantom("ASL", (4.0, 4.0, 4.0), seed=99), root / "sub-d01/anat/sub-d01_T1w.nii.gz")
+    third = run_preprocess(settings, tmp_path, progress=False)
+    assert third["timing"]["n_computed"] == 1 and third["timing"]["n_reused"] == 5
+    changed = read_manifest(tmp_path / "data/processed/manifest.csv").set_index("subject_id")
+    assert changed.loc["sub-d01", "cache_key"] != before.loc["sub-d01", "cache_key"]
+
+    # A preprocessing setting changes: everything is recomputed.
+    regridded = settings.model_copy(
+        update={"preprocess": PreprocessSettings(registration=False, shape=(36, 44, 36))}
+    )
+    fourth = run_preprocess(regridded, tmp_path, progress=False)
+    assert fourth["timing"]["n_computed"] == 6
+    volume = load_cached_volume(tmp_path / changed.loc["sub-d00", "path"])
+    assert volume.shape == (36, 44, 36)
+
+
+def test_bids_ids_without_sub_prefix_still_match_their_folders(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    image = mni_phantom(voxel_mm=(4.0, 4.0, 4.0))
+    write_bids(root, TSV_HEADER + "01\t40\tM\tCN\ts1\nsub-02\t41\tF\tCN\ts1\n", {})
+    for subject in ("sub-01", "sub-02"):
+        (root / subject / "anat").mkdir(parents=True)
+        nib.save(image, root / subject / "anat" / f"{subject}_T1w.nii.gz")
+    scans, issues = ingest(_settings(tmp_path, ds={"path": str(root), "role": "pool"}), tmp_path)
+    assert scans.set_index("subject_id")["exclusion_reason"].to_dict() == {
+        "sub-01": "",
+        "sub-02": "",
+    }
+    assert {i.kind: i.subjects for i in issues}["ids_without_sub_prefix"] == ["01"]

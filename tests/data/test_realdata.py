@@ -10,11 +10,13 @@ import pytest
 from neurotransfer.config import PreprocessSettings
 from neurotransfer.data.preprocessing import TemplateSpace, pearson, preprocess_scan
 
-# Measured on 13 IXI-HH scans at 4 mm: registered 0.40-0.53 for 11 of them (0.21 and 0.30 for
-# two the affine left off), unregistered 0.09-0.19, the registered scan against the template
-# flipped front-back 0.17-0.31 or top-bottom 0.18-0.39. A median above 0.35 needs registration
-# to have worked on most scans; the flip comparisons need the output axes to be R, A, S.
-MIN_MEDIAN_CORRELATION = 0.35
+# In-brain correlation with the template at 4 mm, measured on IXI-HH: all 184 registered scans
+# 0.40-0.60 (median 0.49); 13 of them unregistered 0.10-0.21, registered then compared with the
+# template flipped front-back 0.19-0.31 or top-bottom 0.35-0.44; a registration stuck in a wrong
+# fit (seen before the restart in `registration.py`) 0.22. So every registered scan must clear
+# the QC threshold (0.35) and its own unregistered correlation by 0.15, and the sample's median
+# must beat the flipped-template medians (axes R, A, S in the output, not P, S, R as stored).
+MIN_CORRELATION = PreprocessSettings().min_template_correlation
 SAMPLE = 6
 
 
@@ -39,7 +41,7 @@ def test_ixi_scans_come_out_ras_masked_and_registered(ixi_hh_dir: Path) -> None:
                 pearson(volume[brain], template[:, :, ::-1][brain]),  # superior-inferior flipped
             )
         )
-    corr, raw, ap_flip, si_flip = np.median(np.array(rows), axis=0)
-    assert corr > MIN_MEDIAN_CORRELATION, rows
-    assert corr > raw + 0.15, rows
-    assert corr > ap_flip and corr > si_flip, rows
+    corr, raw, ap_flip, si_flip = np.array(rows).T
+    assert np.all(corr > MIN_CORRELATION), rows
+    assert np.all(corr > raw + 0.15), rows
+    assert np.median(corr) > max(np.median(ap_flip), np.median(si_flip)), rows

@@ -7,7 +7,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from neurotransfer.data.cache import MANIFEST_COLUMNS, load_cached_volume, read_manifest
+from neurotransfer.data.cache import (
+    MANIFEST_COLUMNS,
+    load_cached_volume,
+    read_cached_volume,
+    read_manifest,
+)
 from neurotransfer.data.tasks import select_task_rows
 
 if TYPE_CHECKING:
@@ -17,6 +22,7 @@ __all__ = [
     "MANIFEST_COLUMNS",
     "TaskDataModule",
     "load_cached_volume",
+    "read_cached_volume",
     "read_manifest",
     "select_task_rows",
 ]

@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import pandas as pd
 import torch
 from monai import transforms as mt
@@ -14,7 +13,7 @@ from monai.data import DataLoader
 from torch.utils.data import Dataset
 
 from neurotransfer.config import AugmentSettings, TaskSettings
-from neurotransfer.data.cache import load_cached_volume, read_manifest
+from neurotransfer.data.cache import read_cached_volume, read_manifest
 from neurotransfer.data.tasks import select_task_rows
 
 SPLITS = ("train", "val", "test", "ood_test")
@@ -44,29 +43,34 @@ def build_augmentation(settings: AugmentSettings) -> mt.Compose:
 
 
 class CachedVolumeDataset(Dataset):
-    """Items of one split: cached arrays (memory-mapped, no NIfTI decoding) plus labels."""
+    """Items of one split: cached fp16 arrays (no NIfTI decoding) plus labels.
+
+    An item reads its whole array (4 MB at 128^3) and widens it to float32 in torch, which is
+    vectorised: ~1 ms, where numpy's fp16 -> float32 ``astype`` takes ~8 ms per volume.
+    """
 
     def __init__(self, rows: pd.DataFrame, root: Path, transform: mt.Compose | None = None) -> None:
-        self.rows = rows.reset_index(drop=True)
-        self.root = root
+        columns = ["path", "target", "subject_id", "site", "dataset"]
+        # Plain tuples: pandas row access would cost more than reading a small volume.
+        self.items = list(rows[columns].itertuples(index=False, name=None))
+        self.root = Path(root)
         self.transform = transform
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.items)
 
     def __getitem__(self, index: int) -> dict[str, object]:
-        row = self.rows.iloc[index]
-        volume = np.asarray(load_cached_volume(self.root / row["path"]), dtype=np.float32)
-        image = torch.from_numpy(volume[None].copy())
+        path, target, subject_id, site, dataset = self.items[index]
+        image = torch.from_numpy(read_cached_volume(self.root / path)).to(torch.float32)[None]
         if self.transform is not None:
             image = torch.as_tensor(self.transform(image), dtype=torch.float32)
             image = image.as_tensor() if hasattr(image, "as_tensor") else image
         return {
             "image": image.contiguous(),
-            "target": torch.tensor(float(row["target"]), dtype=torch.float32),
-            "subject_id": str(row["subject_id"]),
-            "site": str(row["site"]),
-            "dataset": str(row["dataset"]),
+            "target": torch.tensor(float(target), dtype=torch.float32),
+            "subject_id": str(subject_id),
+            "site": str(site),
+            "dataset": str(dataset),
         }
 
 

@@ -192,6 +192,22 @@ def _labels(
     return labels
 
 
+def _with_sub_prefix(ids: pd.Series, dataset: str, issues: list[DatasetIssue]) -> pd.Series:
+    """BIDS ids are ``sub-<label>``; tables that drop the prefix still match their folders."""
+    bare = ~ids.str.startswith("sub-")
+    if bare.any():
+        issues.append(
+            DatasetIssue(
+                dataset,
+                "ids_without_sub_prefix",
+                f"{int(bare.sum())} participant_id value(s) lack the BIDS 'sub-' prefix; "
+                "matched to their sub-<id> folders",
+                ids[bare].tolist(),
+            )
+        )
+    return ids.where(~bare, "sub-" + ids)
+
+
 def _deduplicate(
     labels: pd.DataFrame, dataset: str, table_path: Path, issues: list[DatasetIssue]
 ) -> tuple[pd.DataFrame, dict[str, str]]:
@@ -235,6 +251,7 @@ def ingest_dataset(
     _require_columns(table, source, table_path, name)
     labels = _labels(table, source, source.sex_codes or sex_codes, name, issues)
     if source.format == "bids":
+        labels["participant_id"] = _with_sub_prefix(labels["participant_id"], name, issues)
         labels, conflicts = _deduplicate(labels, name, table_path, issues)
         images = _find_bids_images(base)
     else:

@@ -1,7 +1,8 @@
 """One scan in, one normalised array on the common RAS grid out.
 
 Steps: read and check (``volumes.load_scan``) -> optional N4 bias correction -> optional affine
-registration to nilearn's MNI152 template -> one resampling onto the target grid (the grid's
+registration to nilearn's MNI152 template (``registration.py``) -> a Gaussian anti-aliasing
+filter when the grid is coarser than the scan -> one resampling onto the target grid (the grid's
 axes are R, A, S, so this also reorients) -> the template's brain mask -> robust intensity
 normalisation inside the brain. Only one interpolation touches the voxels: registration
 estimates a transform, it does not resample the scan.

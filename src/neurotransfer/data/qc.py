@@ -13,6 +13,20 @@ from neurotransfer.config import DataSettings
 from neurotransfer.data.cache import load_cached_volume
 
 MONTAGE_SCANS = 12  # scans per site montage (the lowest template correlations first)
+MONTAGE_COLUMNS = 3
+
+
+def orthogonal_views(volume: np.ndarray) -> np.ndarray:
+    """Mid-sagittal, mid-coronal and mid-axial slices side by side, for ``imshow(origin="lower")``.
+
+    Rows of the result run inferior to superior (sagittal, coronal) or posterior to anterior
+    (axial); each slice is padded at the top to the tallest one.
+    """
+    i, j, k = (n // 2 for n in volume.shape)
+    views = [volume[i].T, volume[:, j].T, volume[:, :, k].T]
+    height = max(v.shape[0] for v in views)
+    padded = [np.pad(v, ((0, height - v.shape[0]), (0, 0))) for v in views]
+    return np.concatenate(padded, axis=1)
 
 
 def write_qc(
@@ -35,22 +49,29 @@ def write_qc(
         for (dataset, site), group in usable.groupby(["dataset", "site"], sort=True):
             # Worst first: the montage is where a person checks the flagged scans.
             chosen = group.sort_values("qc_template_corr").head(MONTAGE_SCANS)
-            fig, axes = plt.subplots(len(chosen), 3, figsize=(6, 2 * len(chosen)), squeeze=False)
-            for row, (_, scan) in zip(axes, chosen.iterrows(), strict=True):
+            rows = -(-len(chosen) // MONTAGE_COLUMNS)
+            columns = min(len(chosen), MONTAGE_COLUMNS)
+            fig, axes = plt.subplots(
+                rows, columns, figsize=(3.2 * columns, 1.5 * rows + 0.4), squeeze=False
+            )
+            for ax in axes.flat:
+                ax.set_axis_off()
+            for ax, (_, scan) in zip(axes.flat, chosen.iterrows(), strict=False):
                 relative = Path(scan["path"]).relative_to(settings.processed_dir)
                 volume = np.asarray(load_cached_volume(cache_dir / relative), dtype=np.float32)
-                centre = [n // 2 for n in volume.shape]
-                views = (volume[centre[0]], volume[:, centre[1]], volume[:, :, centre[2]])
-                for ax, view in zip(row, views, strict=True):
-                    ax.imshow(view.T, origin="lower", cmap="gray")
-                    ax.set_axis_off()
-                flag = " OUTLIER" if scan["qc_outlier"] else ""
-                row[0].set_title(
-                    f"{scan['scan_id']} r={scan['qc_template_corr']:.2f}{flag}",
+                ax.imshow(orthogonal_views(volume), origin="lower", cmap="gray")
+                outlier = bool(scan["qc_outlier"])
+                ax.set_title(
+                    f"{scan['scan_id']}  r={scan['qc_template_corr']:.2f}"
+                    + ("  OUTLIER" if outlier else ""),
                     fontsize=7,
-                    loc="left",
+                    color="red" if outlier else "black",
                 )
-            fig.suptitle(f"{dataset} / {site}: sagittal, coronal, axial (RAS)", fontsize=9)
+            fig.suptitle(
+                f"{dataset} / {site}: {len(chosen)} of {len(group)} scans, lowest template "
+                "correlation first (sagittal, coronal, axial; RAS)",
+                fontsize=8,
+            )
             fig.tight_layout()
             fig.savefig(out / f"montage_{dataset}_{site}.png", dpi=80)
             plt.close(fig)
