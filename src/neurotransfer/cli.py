@@ -22,8 +22,11 @@ STAGES: dict[str, tuple[str, str]] = {
         "neurotransfer.stages.preprocess",
         "ingest, register, normalise, cache and split the datasets (+ QC)",
     ),
+    "synthesize": ("neurotransfer.stages.synthesize", "train the brain LDM and sample volumes"),
     "finetune": ("neurotransfer.stages.finetune", "fine-tune the backbone on one task"),
     "evaluate": ("neurotransfer.stages.evaluate", "score a fine-tuned task model, ID and OOD"),
+    "report": ("neurotransfer.stages.report", "write reports/summary.md (study table, montages)"),
+    "compare": ("neurotransfer.stages.compare", "paired comparison of two experiments (Markdown)"),
 }
 
 
@@ -53,12 +56,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    module = importlib.import_module(STAGES[args.stage][0])
+    # Commands that read only other revisions' outputs (`compare`) set NEEDS_SETTINGS = False:
+    # they must work from any checkout, whatever its params.yaml.
+    settings = None
     try:
-        settings = load_settings(args.params)
+        if getattr(module, "NEEDS_SETTINGS", True):
+            settings = load_settings(args.params)
     except SettingsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    module = importlib.import_module(STAGES[args.stage][0])
     try:
         module.run(settings, args)
     except SettingsError as err:

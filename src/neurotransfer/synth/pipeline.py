@@ -1,0 +1,519 @@
+"""The ``synthesize`` stage's work: train (or load) the brain LDM, sample, check, write.
+
+1. Read the processed upstream pool (never downstream subjects), hold out whole subjects.
+2. Measure CSF and brain volume on every training scan; fit the covariate scaling.
+3. Train the autoencoder and the conditional latent UNet (``source: train``), or load the
+   published bundle weights (``source: pretrained``).
+4. Sample volumes with DDIM at covariates drawn from the pool (or given in params), resampled to
+   the ``data.preprocess`` grid that ``pretrain`` reads.
+5. Quality and privacy metrics (:mod:`neurotransfer.synth.quality`), pictures, outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from neurotransfer.atomic import atomic_directory
+from neurotransfer.config import (
+    AutoencoderNetSettings,
+    DiffusionNetSettings,
+    NoiseScheduleSettings,
+    Settings,
+    SettingsError,
+    SynthesizeSettings,
+)
+from neurotransfer.synth import quality, report
+from neurotransfer.synth.bundle import load_pretrained_ldm
+from neurotransfer.synth.covariates import (
+    COVARIATES,
+    CovariateScaler,
+    VolumeMeasurement,
+    draw_covariates,
+    otsu_csf_threshold,
+    requested_covariates,
+)
+from neurotransfer.synth.networks import (
+    UNCONDITIONAL_VALUE,
+    build_autoencoder,
+    build_unet,
+    latent_shape,
+    require_einops,
+)
+from neurotransfer.synth.pool import holdout_mask, load_volumes, read_pool
+from neurotransfer.synth.sampling import resample_to_grid, resolve_device, sample_volumes
+from neurotransfer.synth.store import participant_ids, save_ldm, write_synthetic_dataset
+from neurotransfer.synth.training import (
+    encode_posteriors,
+    latent_scale_factor,
+    train_autoencoder,
+    train_diffusion,
+)
+
+log = logging.getLogger(__name__)
+
+#: Training scans used to fit the Otsu CSF threshold (plenty for a histogram, fast on big pools).
+OTSU_SCANS = 64
+
+Grid = tuple[tuple[int, int, int], tuple[float, float, float]]  # (shape, spacing)
+
+
+def synthesize_settings(settings: Settings) -> SynthesizeSettings:
+    if settings.synthesize is None:
+        raise SettingsError(
+            "params.yaml has no `synthesize` block: add `synthesize: ldm` to the defaults in "
+            "conf/config.yaml and recompose params.yaml"
+        )
+    return settings.synthesize
+
+
+def model_grid(settings: Settings) -> tuple[Grid, tuple[int, int, int]]:
+    """The grid the model samples on and its latent shape; fails early on a bad combination."""
+    config = synthesize_settings(settings)
+    if config.source == "train":
+        shape = tuple(settings.data.preprocess.shape)
+        spacing = tuple(settings.data.preprocess.spacing)
+        latent = latent_shape(shape, config.autoencoder.net, config.diffusion.net)
+        return (shape, spacing), latent
+    assert config.pretrained is not None  # guaranteed by the settings validator
+    shape, spacing = tuple(config.pretrained.image_shape), tuple(config.pretrained.spacing)
+    latent = latent_shape(
+        shape,
+        config.pretrained.autoencoder,
+        config.pretrained.diffusion,
+        key="synthesize.pretrained.image_shape",
+    )
+    return (shape, spacing), latent
+
+
+@dataclass
+class PoolData:
+    """What the stage needs from the pool: tables, held-out volumes, per-scan summaries."""
+
+    train: pd.DataFrame  # with measured csf_volume_ml and brain_volume_ml
+    heldout: pd.DataFrame
+    excluded: pd.DataFrame
+    heldout_volumes: torch.Tensor  # [N, 1, D, H, W]
+    train_distance_rows: torch.Tensor  # for the memorisation check
+    train_features: torch.Tensor  # for the real-to-real Fréchet reference
+    measurement: VolumeMeasurement
+    scaler: CovariateScaler
+
+
+@dataclass
+class LatentDiffusionModel:
+    autoencoder: nn.Module
+    unet: nn.Module
+    autoencoder_net: AutoencoderNetSettings
+    unet_net: DiffusionNetSettings
+    schedule: NoiseScheduleSettings
+    scale_factor: float
+    provenance: dict[str, Any]
+
+
+def _volume_batches(
+    paths: Sequence[str], shape: tuple[int, int, int], size: int
+) -> Iterator[torch.Tensor]:
+    for start in range(0, len(paths), size):
+        yield torch.from_numpy(load_volumes(list(paths[start : start + size]), shape)).unsqueeze(1)
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float | None:
+    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def prepare_pool(
+    settings: Settings, root: Path, features_net: nn.Module, device: torch.device
+) -> PoolData:
+    """Read the pool, hold out subjects, measure volumes and summarise the training scans."""
+    config = synthesize_settings(settings)
+    q = config.quality
+    shape = tuple(settings.data.preprocess.shape)
+    pool = read_pool(root / settings.data.processed_dir / "manifest.csv", root)
+    held = holdout_mask(pool.scans["subject_id"], q.holdout_fraction, config.seed)
+    train = pool.scans[~held].reset_index(drop=True)
+    heldout = pool.scans[held].reset_index(drop=True)
+    paths = list(train["path"])
+    log.info(
+        "pool: %d training, %d held-out, %d excluded scans",
+        len(train),
+        len(heldout),
+        len(pool.excluded),
+    )
+
+    csf_threshold = q.csf_threshold
+    if csf_threshold is None:
+        csf_threshold = otsu_csf_threshold(
+            load_volumes(paths[:OTSU_SCANS], shape), q.foreground_threshold
+        )
+    measurement = VolumeMeasurement.for_spacing(
+        q.foreground_threshold, csf_threshold, settings.data.preprocess.spacing
+    )
+    measured, distance_rows, features = [], [], []
+    for batch in _volume_batches(paths, shape, q.feature_batch_size):
+        measured.append(measurement.measure_all(batch[:, 0].numpy()))
+        distance_rows.append(quality.flatten_for_distance(batch, q.memorisation_downsample))
+        features.append(quality.extract_features(features_net, batch, device, len(batch)))
+    volumes = np.concatenate(measured)
+    train = train.assign(csf_volume_ml=volumes[:, 0], brain_volume_ml=volumes[:, 1])
+    heldout_volumes = torch.from_numpy(load_volumes(list(heldout["path"]), shape)).unsqueeze(1)
+    return PoolData(
+        train=train,
+        heldout=heldout,
+        excluded=pool.excluded,
+        heldout_volumes=heldout_volumes,
+        train_distance_rows=torch.cat(distance_rows),
+        train_features=torch.cat(features),
+        measurement=measurement,
+        scaler=CovariateScaler.fit(train),
+    )
+
+
+def train_or_load_model(
+    settings: Settings, root: Path, pool: PoolData, device: torch.device
+) -> LatentDiffusionModel:
+    config = synthesize_settings(settings)
+    if config.source == "pretrained":
+        assert config.pretrained is not None
+        autoencoder, unet, layouts = load_pretrained_ldm(config.pretrained, root)
+        return LatentDiffusionModel(
+            autoencoder,
+            unet,
+            config.pretrained.autoencoder,
+            config.pretrained.diffusion,
+            config.pretrained.schedule,
+            config.pretrained.scale_factor,
+            {
+                "pretrained": {
+                    "autoencoder_path": config.pretrained.autoencoder_path,
+                    "unet_path": config.pretrained.unet_path,
+                    "layouts": layouts,
+                }
+            },
+        )
+    shape = tuple(settings.data.preprocess.shape)
+    paths = list(pool.train["path"])
+    log_dir = root / config.log_dir
+    autoencoder = build_autoencoder(config.autoencoder.net)
+    ae_summary = train_autoencoder(autoencoder, paths, shape, config, log_dir / "autoencoder")
+    z_mu, z_sigma = encode_posteriors(
+        autoencoder, paths, shape, config.autoencoder.batch_size, device
+    )
+    scale_factor = latent_scale_factor(z_mu, z_sigma, config.seed)
+    unet = build_unet(config.diffusion.net, config.autoencoder.net.latent_channels)
+    diffusion_summary = train_diffusion(
+        unet,
+        z_mu,
+        z_sigma,
+        pool.scaler.transform(pool.train),
+        scale_factor,
+        config,
+        log_dir / "diffusion",
+    )
+    return LatentDiffusionModel(
+        autoencoder,
+        unet,
+        config.autoencoder.net,
+        config.diffusion.net,
+        config.diffusion.schedule,
+        scale_factor,
+        {
+            "training": {
+                "autoencoder": vars(ae_summary),
+                "diffusion": vars(diffusion_summary),
+                "condition_dropout": config.diffusion.condition_dropout,
+            }
+        },
+    )
+
+
+def participants_table(
+    requested: pd.DataFrame,
+    scaled: np.ndarray,
+    measured: np.ndarray,
+    memorisation: quality.MemorisationResult,
+) -> pd.DataFrame:
+    """``participants.tsv``: requested covariates (raw and as given to the model), the volumes
+    measured on each sample, and its memorisation check."""
+    columns = {
+        "participant_id": participant_ids(len(requested)),
+        "age": requested["age"].round(2).to_numpy(),
+        "sex": requested["sex"].to_numpy(),
+    }
+    for i, name in enumerate(COVARIATES):
+        if name.endswith("_ml"):
+            columns[name] = requested[name].round(2).to_numpy()
+        columns[f"{name.removesuffix('_ml')}_scaled"] = scaled[:, i]
+    columns["measured_csf_volume_ml"] = measured[:, 0]
+    columns["measured_brain_volume_ml"] = measured[:, 1]
+    columns["nearest_training_rms"] = memorisation.sample_distance
+    columns["memorisation_flag"] = memorisation.flagged.astype(int)
+    return pd.DataFrame(columns)
+
+
+@dataclass
+class SampleChecks:
+    """Everything measured on the samples (and the held-out scans) for metrics and pictures."""
+
+    measured: np.ndarray  # [N, 2] CSF and brain volume (ml) of each sample
+    reconstructed: torch.Tensor  # autoencoder reconstructions of the held-out scans
+    memorisation: quality.MemorisationResult
+    metrics: dict[str, Any]
+
+
+def check_samples(
+    config: SynthesizeSettings,
+    pool: PoolData,
+    model: LatentDiffusionModel,
+    samples: torch.Tensor,
+    requested: pd.DataFrame,
+    grids: tuple[Grid, Grid],
+    features_net: nn.Module,
+    device: torch.device,
+) -> SampleChecks:
+    """Reconstruction, diversity, realism, memorisation and conditioning (module quality)."""
+    q = config.quality
+    (shape, spacing), (model_shape, model_spacing) = grids
+    to_model = partial(
+        resample_to_grid,
+        source_spacing=spacing,
+        target_spacing=model_spacing,
+        target_shape=model_shape,
+    )
+    from_model = partial(
+        resample_to_grid, source_spacing=model_spacing, target_spacing=spacing, target_shape=shape
+    )
+    heldout = pool.heldout_volumes
+    reconstructed = quality.reconstruct(
+        model.autoencoder, heldout, device, q.feature_batch_size, to_model, from_model
+    )
+    measured = pool.measurement.measure_all(samples[:, 0].numpy())
+    memorisation = quality.memorisation_check(
+        quality.flatten_for_distance(samples, q.memorisation_downsample),
+        pool.train_distance_rows,
+        quality.flatten_for_distance(heldout, q.memorisation_downsample),
+        q.memorisation_quantile,
+    )
+    heldout_features = quality.extract_features(features_net, heldout, device, q.feature_batch_size)
+    sample_features = quality.extract_features(features_net, samples, device, q.feature_batch_size)
+    kernel, seed = q.ms_ssim_kernel_size, config.seed
+    metrics = {
+        "reconstruction": quality.reconstruction_metrics(heldout, reconstructed, kernel),
+        "diversity_ms_ssim": {
+            "samples": quality.diversity(samples, q.ms_ssim_pairs, kernel, seed)
+            if len(samples) > 1
+            else None,
+            "heldout_real": quality.diversity(heldout, q.ms_ssim_pairs, kernel, seed),
+        },
+        "realism_fid": {
+            "samples_vs_heldout": quality.frechet_distance(sample_features, heldout_features),
+            "train_vs_heldout": quality.frechet_distance(pool.train_features, heldout_features),
+            "features": f"MONAI resnet10 with random weights (seed {seed}), 512 pooled",
+        },
+        "memorisation": memorisation.summary(),
+        "conditioning": {
+            **quality.conditioning_agreement(requested, measured),
+            "age_vs_measured_csf_volume_r": _pearson(requested["age"].to_numpy(), measured[:, 0]),
+        },
+    }
+    return SampleChecks(measured, reconstructed, memorisation, metrics)
+
+
+def pool_metrics(pool: PoolData) -> dict[str, Any]:
+    return {
+        "n_train": len(pool.train),
+        "n_heldout": len(pool.heldout),
+        "n_excluded": len(pool.excluded),
+        "excluded": pool.excluded[["subject_id", "reason"]].to_dict(orient="records"),
+        "csf_threshold": pool.measurement.csf_threshold,
+        "csf_volume_ml_mean": float(pool.train["csf_volume_ml"].mean()),
+        "brain_volume_ml_mean": float(pool.train["brain_volume_ml"].mean()),
+        "age_vs_csf_volume_r": _pearson(
+            pool.train["age"].to_numpy(), pool.train["csf_volume_ml"].to_numpy()
+        ),
+    }
+
+
+def write_outputs(
+    root: Path,
+    config: SynthesizeSettings,
+    model: LatentDiffusionModel,
+    model_config: dict[str, Any],
+    samples: torch.Tensor,
+    participants: pd.DataFrame,
+    pool: PoolData,
+    requested: pd.DataFrame,
+    checks: SampleChecks,
+    spacing: tuple[float, float, float],
+) -> None:
+    """The model folder, the synthetic dataset and the pictures, published together."""
+    q = config.quality
+    description = {
+        "Name": "neurotransfer synthetic T1w volumes (conditional latent diffusion)",
+        "GeneratedBy": [
+            {
+                "Name": "neurotransfer synthesize",
+                "Description": f"brain LDM ({config.source}), {config.sampling.ddim_steps} DDIM "
+                "steps",
+            }
+        ],
+    }
+    # Filled as hidden temporaries; renamed into place only when all three are complete, and
+    # all discarded on any error.
+    with (
+        atomic_directory(root / config.model_dir) as model_dir,
+        atomic_directory(root / config.out_dir) as data_dir,
+        atomic_directory(root / config.report_dir) as figures,
+    ):
+        save_ldm(model_dir, model.autoencoder, model.unet, model_config)
+        write_synthetic_dataset(data_dir, samples, participants, spacing, description)
+        sample_arrays, real_arrays = samples[:, 0].numpy(), pool.heldout_volumes[:, 0].numpy()
+        report.samples_by_age(
+            sample_arrays, requested, q.montage_columns, figures / "samples_by_age.png"
+        )
+        report.real_vs_synthetic(
+            real_arrays,
+            pool.heldout,
+            sample_arrays,
+            requested,
+            q.montage_columns,
+            figures / "real_vs_synthetic.png",
+        )
+        report.reconstructions(
+            real_arrays,
+            checks.reconstructed[:, 0].numpy(),
+            min(q.montage_columns, 6),
+            figures / "reconstruction.png",
+        )
+        report.conditioning_scatter(requested, checks.measured, figures / "conditioning.png")
+        memorisation = checks.memorisation
+        report.memorisation_histogram(
+            memorisation.sample_distance,
+            memorisation.heldout_distance,
+            memorisation.threshold,
+            figures / "memorisation.png",
+        )
+        neighbours = pool.train["subject_id"].to_numpy()[memorisation.sample_neighbour]
+        participants[["participant_id", "nearest_training_rms", "memorisation_flag"]].assign(
+            nearest_training_subject=neighbours
+        ).to_csv(figures / "memorisation.csv", index=False, float_format="%.6g")
+
+
+def run_synthesize(settings: Settings, root: Path) -> dict[str, Any]:
+    """Run the whole stage under ``root``; return the metrics (the caller writes them)."""
+    config = synthesize_settings(settings)
+    require_einops()
+    sampling_grid, latent = model_grid(settings)
+    output_grid: Grid = (
+        tuple(settings.data.preprocess.shape),
+        tuple(settings.data.preprocess.spacing),
+    )
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    device = resolve_device(config.accelerator)
+    s = config.sampling
+    clock = time.perf_counter()
+    timing: dict[str, float] = {}
+
+    features_net = quality.feature_network(config.seed)
+    pool = prepare_pool(settings, root, features_net, device)
+    timing["pool_seconds"] = time.perf_counter() - clock
+    model = train_or_load_model(settings, root, pool, device)
+    timing["model_seconds"] = time.perf_counter() - clock - sum(timing.values())
+
+    if s.covariates:
+        scaled = requested_covariates(s.covariates, pool.scaler)
+    else:
+        scaled = draw_covariates(
+            pool.train, pool.scaler, s.n_samples, s.covariate_jitter, config.seed
+        )
+    requested = pool.scaler.inverse(scaled)
+    # guidance is a property of the model we train; the published bundle had no condition dropout
+    guidance = config.diffusion.guidance_scale if config.source == "train" else None
+    native, sampling = sample_volumes(
+        model.autoencoder,
+        model.unet,
+        torch.from_numpy(scaled),
+        latent_shape=latent,
+        latent_channels=model.autoencoder_net.latent_channels,
+        scale_factor=model.scale_factor,
+        schedule=model.schedule,
+        ddim_steps=s.ddim_steps,
+        batch_size=s.batch_size,
+        seed=config.seed,
+        device=device,
+        precision=config.precision,
+        guidance_scale=guidance,
+    )
+    samples = resample_to_grid(native, sampling_grid[1], output_grid[1], output_grid[0])
+    del native
+    timing["sampling_seconds"] = sampling.seconds
+
+    checks = check_samples(
+        config, pool, model, samples, requested, (output_grid, sampling_grid), features_net, device
+    )
+    metrics: dict[str, Any] = {
+        "source": config.source,
+        "pool": pool_metrics(pool),
+        "model": {
+            "scale_factor": model.scale_factor,
+            "latent_shape": list(latent),
+            **model.provenance,
+        },
+        "sampling": {
+            "n_samples": len(samples),
+            "ddim_steps": s.ddim_steps,
+            "batch_size": s.batch_size,
+            "guidance_scale": guidance,
+            "device": device.type,
+            "seconds_per_volume": sampling.seconds_per_volume,
+        },
+        **checks.metrics,
+    }
+    model_config = {
+        "source": config.source,
+        "seed": config.seed,
+        "autoencoder": model.autoencoder_net.model_dump(),
+        "diffusion": model.unet_net.model_dump(),
+        "schedule": model.schedule.model_dump(),
+        "scale_factor": model.scale_factor,
+        "image_shape": list(sampling_grid[0]),
+        "spacing": list(sampling_grid[1]),
+        "latent_shape": list(latent),
+        "output_shape": list(output_grid[0]),
+        "output_spacing": list(output_grid[1]),
+        "covariates": list(COVARIATES),
+        "unconditional_value": UNCONDITIONAL_VALUE,
+        "covariate_scaler": pool.scaler.to_dict(),
+        "volume_measurement": pool.measurement.to_dict(),
+        **model.provenance,
+    }
+    participants = participants_table(requested, scaled, checks.measured, checks.memorisation)
+    write_outputs(
+        root,
+        config,
+        model,
+        model_config,
+        samples,
+        participants,
+        pool,
+        requested,
+        checks,
+        output_grid[1],
+    )
+    timing["total_seconds"] = time.perf_counter() - clock
+    metrics["timing"] = timing
+    log.info("synthesize: %d volumes in %.1f s", len(samples), timing["total_seconds"])
+    return metrics
