@@ -1,0 +1,134 @@
+"""Read an experiment's evaluation outputs at any revision: the workspace, a commit or a `dvc exp`.
+
+``metrics/eval/<task>.json`` is git-tracked, but the per-subject predictions
+(``reports/eval/<task>/predictions.csv``) are a DVC output: at an older commit or an experiment
+they exist only in the DVC cache. ``dvc.api.DVCFileSystem`` opens both kinds of file at a
+revision (git objects for the first, the local cache, or a remote, for the second) and resolves
+experiment names as well as branches, tags and SHAs, so no `dvc exp apply` or checkout touches
+the user's workspace.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import pandas as pd
+
+METRICS_DIR = "metrics/eval"
+PREDICTIONS = "reports/eval/{task}/predictions.csv"
+# The name a user passes for "the files as they are now", as `dvc exp show` calls it.
+WORKSPACE = "workspace"
+
+
+class RevisionError(RuntimeError):
+    """A revision, or a file the comparison needs at it, cannot be read."""
+
+
+class Reader(Protocol):
+    def list_dir(self, path: str) -> list[str]: ...
+
+    def read_text(self, path: str) -> str: ...
+
+
+class WorkspaceReader:
+    """Plain files under `root`: no git or DVC needed (the report stage, fast tests)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def list_dir(self, path: str) -> list[str]:
+        folder = self.root / path
+        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+    def read_text(self, path: str) -> str:
+        try:
+            return (self.root / path).read_text(encoding="utf-8")
+        except FileNotFoundError as err:
+            raise RevisionError(f"{path} not found under {self.root}") from err
+
+
+class DvcReader:
+    """Files of a git + DVC repository at `rev` (None: the workspace)."""
+
+    def __init__(self, root: Path, rev: str | None) -> None:
+        from dvc.api import DVCFileSystem
+
+        self.label = rev or WORKSPACE
+        try:
+            self.fs = DVCFileSystem(str(root), rev=rev)
+        except Exception as err:  # dvc raises several unrelated types for an unknown revision
+            raise RevisionError(f"cannot open revision {self.label!r} in {root}: {err}") from err
+
+    def list_dir(self, path: str) -> list[str]:
+        # DVCFileSystem opens the revision lazily: an unknown one fails at the first access.
+        try:
+            if not self.fs.isdir(path):
+                return []
+            return sorted(Path(p).name for p in self.fs.ls(path, detail=False))
+        except Exception as err:
+            raise RevisionError(f"cannot read revision {self.label!r}: {err}") from err
+
+    def read_text(self, path: str) -> str:
+        try:
+            return self.fs.read_text(path, encoding="utf-8")
+        except Exception as err:  # missing in git, or a DVC output absent from the cache
+            raise RevisionError(
+                f"cannot read {path} at {self.label!r}: {err}. An output of an experiment or "
+                f"commit is read from the DVC cache: run `dvc pull` or `dvc exp pull` first."
+            ) from err
+
+
+@dataclass
+class TaskResult:
+    kind: str
+    metrics: dict[str, Any]
+    predictions: pd.DataFrame | None = None  # None when only the metrics were asked for
+
+
+@dataclass
+class ExperimentResults:
+    label: str
+    tasks: dict[str, TaskResult] = field(default_factory=dict)
+
+
+def reader_for(root: Path, rev: str | None) -> Reader:
+    """The workspace as plain files when `root` is not a DVC repository, DVC's view otherwise."""
+    if (rev is None or rev == WORKSPACE) and not (Path(root) / ".dvc").is_dir():
+        return WorkspaceReader(root)
+    return DvcReader(root, None if rev == WORKSPACE else rev)
+
+
+def read_results(
+    reader: Reader, label: str, with_predictions: bool = True, tasks: list[str] | None = None
+) -> ExperimentResults:
+    """Every evaluated task's metrics (and per-subject predictions) readable through `reader`."""
+    names = tasks or [
+        name.removesuffix(".json")
+        for name in reader.list_dir(METRICS_DIR)
+        if name.endswith(".json")
+    ]
+    results = ExperimentResults(label=label)
+    for task in names:
+        metrics = json.loads(reader.read_text(f"{METRICS_DIR}/{task}.json"))
+        kind = metrics.get("kind")
+        if kind not in ("binary", "regression"):
+            raise RevisionError(f"{METRICS_DIR}/{task}.json at {label!r} has no valid 'kind'")
+        predictions = None
+        if with_predictions:
+            text = reader.read_text(PREDICTIONS.format(task=task))
+            predictions = pd.read_csv(io.StringIO(text), dtype={"subject_id": str, "site": str})
+        results.tasks[task] = TaskResult(kind=kind, metrics=metrics, predictions=predictions)
+    if not results.tasks:
+        raise RevisionError(f"no evaluated task ({METRICS_DIR}/*.json) at {label!r}")
+    return results
+
+
+def read_revision(
+    root: Path, rev: str | None, with_predictions: bool = True, tasks: list[str] | None = None
+) -> ExperimentResults:
+    """`read_results` of `rev` (a git rev, an experiment name, or `workspace`) in `root`."""
+    return read_results(reader_for(root, rev), rev or WORKSPACE, with_predictions, tasks)

@@ -1,0 +1,114 @@
+"""``reports/summary.md``: the study table and the QC and synthetic-data montages.
+
+One row per variant and task, with the headline metric in distribution (``test``) and on
+held-out sites (``ood_test``), each with its bootstrap interval. Within one experiment the
+variants are its model (architecture + initialisation) and the two baselines scored on the same
+subjects; given several revisions (``neurotransfer report --revs``) every experiment's model is
+a variant, which is the study's grid of initialisations.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from neurotransfer.reporting.revisions import ExperimentResults
+
+# The metric the study ranks variants by, per task kind, and which direction is better.
+HEADLINE = {"binary": ("auc", "higher"), "regression": ("mae_corrected", "lower")}
+SPLITS = (("test", "ID (test)"), ("ood_test", "OOD (held-out sites)"))
+IMAGE_SUFFIXES = (".png", ".svg", ".jpg")
+
+
+def _interval(entry: dict[str, Any] | float | None) -> str:
+    """``value [low, high]`` from a bootstrap entry, or the bare value of a point metric."""
+    if entry is None:
+        return "–"
+    if not isinstance(entry, dict):
+        return "–" if not math.isfinite(entry) else f"{entry:.3f}"
+    value, low, high = entry.get("value"), entry.get("ci_low"), entry.get("ci_high")
+    if value is None or not math.isfinite(value):
+        return "–"
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return f"{value:.3f}"
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _headline(metrics: dict[str, Any], split: str, name: str) -> Any:
+    table = metrics.get(split, {})
+    values = table.get("metrics", table)  # point-only baselines have no "metrics" level
+    if name not in values and name.endswith("_corrected"):
+        name = name.removesuffix("_corrected")
+    return values.get(name)
+
+
+def study_rows(experiments: list[ExperimentResults], baselines: bool) -> list[list[str]]:
+    rows = []
+    for experiment in experiments:
+        for task, result in sorted(experiment.tasks.items()):
+            metric, _ = HEADLINE[result.kind]
+            m = result.metrics
+            variant = f"{m.get('model', '?')} / {m.get('init', '?')}"
+            if len(experiments) > 1:
+                variant = f"`{experiment.label}`: {variant}"
+            candidates = [(variant, m.get("model_metrics", {}))]
+            if baselines:
+                for name, table in m.get("baselines", {}).items():
+                    candidates.append((f"baseline: {name}", table))
+            for label, table in candidates:
+                rows.append(
+                    [
+                        label,
+                        task,
+                        metric,
+                        *(_interval(_headline(table, s, metric)) for s, _ in SPLITS),
+                    ]
+                )
+    return rows
+
+
+def _images(root: Path, folder: str) -> list[str]:
+    path = root / folder
+    if not path.is_dir():
+        return []
+    return sorted(p.name for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def summary_markdown(
+    experiments: list[ExperimentResults],
+    root: Path,
+    image_dirs: dict[str, str],
+    ci_level: float,
+    report_dir: str = "reports",
+) -> str:
+    """The whole summary; image links are relative to `report_dir` (where the file lives)."""
+    level = f"{100 * ci_level:g}%"
+    lines = [
+        "# neurotransfer study summary",
+        "",
+        "## Study table",
+        "",
+        f"Headline metric per task (AUC for binary tasks, higher is better; bias-corrected MAE "
+        f"in years for brain age, lower is better) with its {level} subject-level bootstrap "
+        f"interval, in distribution and on held-out sites. Baselines are scored on the same "
+        f"subjects (the mean predictor has no interval). `neurotransfer compare` tests "
+        f"differences between variants on paired subjects.",
+        "",
+        "| variant | task | metric | ID (test) | OOD (held-out sites) |",
+        "|---|---|---|---|---|",
+    ]
+    rows = study_rows(experiments, baselines=len(experiments) == 1)
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    if not rows:
+        lines.append("| – | no evaluated task | | | |")
+    for title, folder in image_dirs.items():
+        lines += ["", f"## {title}", ""]
+        images = _images(root, folder)
+        if not images:
+            lines.append(f"No figures in `{folder}/` (the stage that writes them has not run).")
+            continue
+        prefix = Path(folder).relative_to(report_dir) if folder.startswith(report_dir) else folder
+        for name in images:
+            lines += [f"### {name}", "", f"![{name}]({Path(prefix, name).as_posix()})", ""]
+    return "\n".join(lines).rstrip() + "\n"
