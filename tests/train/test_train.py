@@ -19,19 +19,9 @@ from neurotransfer.train.fit import fit_task_model
 from neurotransfer.train.module import OptimConfig, TaskModule, layerwise_param_groups
 from neurotransfer.train.predict import predict_frame
 from neurotransfer.train.schedules import warmup_cosine_factor
+from tests.train.toys import TinyBackbone
 
 SHAPE = (8, 8, 8)
-
-
-class TinyBackbone(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv3d(1, 4, 3, padding=1)
-        self.pool = nn.AdaptiveAvgPool3d(1)
-        self.out_features = 4
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(torch.relu(self.conv(x))).flatten(1)
 
 
 class SignalDataset(Dataset):

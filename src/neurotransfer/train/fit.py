@@ -26,6 +26,8 @@ class FitResult:
     epochs_run: int
     seconds: float
     monitor: str
+    # False on every DDP process but rank 0: callers write models and metrics only where True.
+    is_global_zero: bool = True
 
 
 class BestWeights(Callback):
@@ -55,6 +57,16 @@ class BestWeights(Callback):
                 k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()
             }
 
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.world_size > 1 and self.best_state is not None:
+            # Under DDP the parameters agree across ranks, but BatchNorm running statistics
+            # do not (each rank updates its own after DDP's start-of-forward broadcast). The
+            # monitored metric is synced, so every rank picked the same epoch; rank 0's copy
+            # is made everyone's, so all ranks hold, and may save, identical weights.
+            self.best_score, self.best_epoch, self.best_state = trainer.strategy.broadcast(
+                (self.best_score, self.best_epoch, self.best_state), src=0
+            )
+
 
 def resolve_precision(setting: str) -> str:
     """'auto' means bf16 mixed precision on a GPU that supports it, else full fp32."""
@@ -63,6 +75,20 @@ def resolve_precision(setting: str) -> str:
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16-mixed"
     return "32-true"
+
+
+def apply_speedups(module: TaskModule, settings: FinetuneSettings) -> None:
+    """Channels-last weights and in-place torch.compile of the backbone, when enabled.
+
+    Both leave the state_dict's keys and values as they are, so best-epoch copies and the saved
+    safetensors are unchanged; the CPU profile enables neither.
+    """
+    if settings.channels_last:
+        # cuDNN then picks NDHWC kernels (input with one channel is already in that layout);
+        # only 5-D tensors (conv weights) change layout.
+        module.backbone.to(memory_format=torch.channels_last_3d)
+    if settings.compile:
+        module.backbone.compile()
 
 
 def make_trainer(
@@ -79,8 +105,12 @@ def make_trainer(
         "max_epochs": settings.max_epochs,
         "accelerator": settings.accelerator,
         "devices": settings.devices,
+        "num_nodes": settings.num_nodes,
+        "strategy": settings.strategy,
+        "sync_batchnorm": settings.sync_batchnorm,
         "precision": resolve_precision(settings.precision),
         "deterministic": settings.deterministic,
+        "benchmark": settings.cudnn_benchmark,
         "callbacks": callbacks,
         "logger": logger,
         "enable_checkpointing": False,
@@ -97,16 +127,18 @@ def fit_task_model(
     datamodule: L.LightningDataModule,
     settings: FinetuneSettings,
     log_dir: Path | None = None,
+    extra_callbacks: list[Callback] | None = None,
     **trainer_overrides: Any,
 ) -> FitResult:
     """Train with early stopping on the validation metric; leave the best epoch's weights loaded."""
     monitor, mode = module.monitor
     best = BestWeights(monitor, mode)
-    callbacks: list[Callback] = [best]
+    callbacks: list[Callback] = [best, *(extra_callbacks or [])]
     if settings.early_stopping_patience > 0:
         callbacks.append(
             EarlyStopping(monitor=monitor, mode=mode, patience=settings.early_stopping_patience)
         )
+    apply_speedups(module, settings)
     trainer = make_trainer(settings, callbacks, log_dir, **trainer_overrides)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
@@ -123,4 +155,5 @@ def fit_task_model(
         epochs_run=trainer.current_epoch,
         seconds=seconds,
         monitor=monitor,
+        is_global_zero=trainer.is_global_zero,
     )
