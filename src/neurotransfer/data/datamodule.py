@@ -130,6 +130,8 @@ class TaskDataModule(L.LightningDataModule):
             drop_last=drop_last,
             generator=generator,
             persistent_workers=self.num_workers > 0,
+            # Page-locked batches let the host-to-GPU copy overlap the previous step.
+            pin_memory=torch.cuda.is_available(),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -18,4 +18,6 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
 
     task_settings(settings, args.task)  # fail before any heavy import on an unknown task
     metrics = run_finetune(settings, args.task, Path("."))
+    if metrics is None:  # a DDP process other than global zero: rank 0 writes
+        return
     write_json_atomic(Path("metrics/finetune") / f"{args.task}.json", metrics)

@@ -69,8 +69,14 @@ def initial_backbone(settings: Settings, root: Path) -> tuple[torch.nn.Module, d
     return backbone, {"source": source, "pretrained_meta": meta}
 
 
-def run_finetune(settings: Settings, task_name: str, root: Path = Path(".")) -> dict[str, Any]:
-    """Fine-tune `task_name`; write the model and return the metrics to record."""
+def run_finetune(
+    settings: Settings, task_name: str, root: Path = Path(".")
+) -> dict[str, Any] | None:
+    """Fine-tune `task_name`; write the model and return the metrics to record.
+
+    Under DDP every process trains, but only the global-zero process writes the model and gets
+    the metrics back (the others return None), so no two processes write the same file.
+    """
     from neurotransfer.data import TaskDataModule
     from neurotransfer.models import TaskHead, backbone_layer_groups
 
@@ -118,6 +124,8 @@ def run_finetune(settings: Settings, task_name: str, root: Path = Path(".")) -> 
         module, datamodule, ft, log_dir=root / "dvclive" / "finetune" / task_name
     )
 
+    if not result.is_global_zero:
+        return None
     meta = {
         "task": task_name,
         "kind": task.kind,

@@ -160,7 +160,9 @@ class TaskModule(L.LightningModule):
         groups += layerwise_param_groups(
             [list(self.head.parameters())], head_lr, 1.0, self.optim.weight_decay
         )
-        optimizer = torch.optim.AdamW(groups)
+        # The fused CUDA kernel updates all parameters in one launch (same arithmetic).
+        fused = all(p.is_cuda for g in groups for p in g["params"])
+        optimizer = torch.optim.AdamW(groups, fused=fused or None)
         total = int(self.trainer.estimated_stepping_batches)
         steps_per_epoch = max(1, total // max(1, self.optim.max_epochs))
         warmup = self.optim.warmup_epochs * steps_per_epoch
