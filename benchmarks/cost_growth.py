@@ -36,6 +36,7 @@ from train_throughput import slug  # noqa: E402
 from neurotransfer.cohort.generate import write_cohort  # noqa: E402
 from neurotransfer.config import Settings, load_settings  # noqa: E402
 from neurotransfer.data.pipeline import run_preprocess  # noqa: E402
+from neurotransfer.pretrain.run import run_pretrain  # noqa: E402
 from neurotransfer.train.finetune import run_finetune  # noqa: E402
 
 
@@ -72,6 +73,9 @@ def measure(settings: Settings, task: str, root: Path, repeats: int = 2) -> dict
     start = time.perf_counter()
     metrics = run_preprocess(settings.data, root, progress=False)
     preprocess_s = time.perf_counter() - start
+
+    # Fine-tuning starts from the pretrain stage's backbone (not timed; scratch by default).
+    run_pretrain(settings, root)
 
     # Best of `repeats` one-epoch runs: an epoch of the CPU profile lasts about a second, so a
     # burst of other load on the machine would otherwise decide the ratio. CPU seconds (all

@@ -30,6 +30,7 @@ class ViT3D(Backbone):
         num_heads: int,
         dropout: float,
         pooling: Literal["cls", "mean"],
+        qkv_bias: bool = False,
     ) -> None:
         super().__init__(out_features=hidden_size)
         self.input_shape = input_shape
@@ -47,6 +48,7 @@ class ViT3D(Backbone):
             classification=pooling == "cls",  # adds the class token
             dropout_rate=dropout,
             spatial_dims=3,
+            qkv_bias=qkv_bias,
         )
         if pooling == "cls":
             # MONAI's forward then returns the normalised class token itself.
@@ -80,8 +82,13 @@ def build_vit3d(
     num_heads: PositiveInt = 12,
     dropout: DropoutRate = 0.0,
     pooling: Literal["cls", "mean"] = "cls",
+    qkv_bias: bool = False,
 ) -> ViT3D:
-    """ViT-Base by default (768 wide, 12 layers, 12 heads, 16^3 patches)."""
+    """ViT-Base by default (768 wide, 12 layers, 12 heads, 16^3 patches).
+
+    ``qkv_bias``: biases on the query/key/value projection, as torchvision's ViT-B has; with it,
+    ImageNet ``vit_b_16`` weights map onto the model without dropping the query bias.
+    """
     patch = (patch_size,) * 3 if isinstance(patch_size, int) else tuple(patch_size)
     bad_axes = [axis for axis in range(3) if input_shape[axis] % patch[axis]]
     if bad_axes:
@@ -107,4 +114,6 @@ def build_vit3d(
             "backbone 'vit3d' needs the einops package (MONAI's ViT attention uses it); "
             "install it with `pip install einops`"
         )
-    return ViT3D(input_shape, patch, hidden_size, mlp_dim, num_layers, num_heads, dropout, pooling)
+    return ViT3D(
+        input_shape, patch, hidden_size, mlp_dim, num_layers, num_heads, dropout, pooling, qkv_bias
+    )
