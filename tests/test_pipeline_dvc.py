@@ -77,6 +77,12 @@ TINY_STUDY = {
     "profile/cpu.yaml": {
         "finetune": {"max_epochs": 4, "early_stopping_patience": 0, "batch_size": 8},
         "evaluate": {"bootstrap_samples": 50},
+        "synthesize": {
+            "autoencoder": {"epochs": 2},
+            "diffusion": {"epochs": 3},
+            "sampling": {"n_samples": 12, "ddim_steps": 4, "batch_size": 12},
+        },
+        "scaling": {"max_epochs": 2},
     },
 }
 

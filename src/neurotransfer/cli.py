@@ -23,10 +23,19 @@ STAGES: dict[str, tuple[str, str]] = {
         "ingest, register, normalise, cache and split the datasets (+ QC)",
     ),
     "synthesize": ("neurotransfer.stages.synthesize", "train the brain LDM and sample volumes"),
+    "pretrain": (
+        "neurotransfer.stages.pretrain",
+        "initialise the backbone (scratch, ImageNet, Kinetics, synthetic, SSL) + age probe",
+    ),
     "finetune": ("neurotransfer.stages.finetune", "fine-tune the backbone on one task"),
     "evaluate": ("neurotransfer.stages.evaluate", "score a fine-tuned task model, ID and OOD"),
     "report": ("neurotransfer.stages.report", "write reports/summary.md (study table, montages)"),
     "compare": ("neurotransfer.stages.compare", "paired comparison of two experiments (Markdown)"),
+    "scaling": (
+        "neurotransfer.stages.scaling",
+        "data-scaling curves: fine-tune on nested training fractions x seeds",
+    ),
+    "sweep": ("neurotransfer.stages.sweep", "queue a conf/experiment/ grid as `dvc exp run`s"),
 }
 
 

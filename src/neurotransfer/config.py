@@ -614,6 +614,71 @@ class EvaluateSettings(Strict):
     ridge_baseline: bool = True
 
 
+class ScalingSettings(Strict):
+    """Data-scaling curves (``scaling`` stage): fine-tune on nested fractions of each task's
+    training subjects x seeds, with the fine-tuning recipe of ``finetune``."""
+
+    enabled: bool = False
+    tasks: list[str] = Field(default_factory=list)  # empty: every task in `tasks`
+    fractions: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(
+        default_factory=lambda: [0.5, 1.0], min_length=1
+    )
+    seeds: list[NonNegativeInt] = Field(default_factory=lambda: [0], min_length=1)
+    max_epochs: PositiveInt | None = None  # null: finetune.max_epochs
+    out_dir: str = "reports/scaling"
+    metrics_path: str = "metrics/scaling.json"
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions_increase(cls, value: list[float]) -> list[float]:
+        if any(value[i + 1] <= value[i] for i in range(len(value) - 1)):
+            raise ValueError(
+                f"fractions {value} must be strictly increasing, each in (0, 1] "
+                "(e.g. [0.1, 0.25, 0.5, 1.0])"
+            )
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_unique(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"seeds {value} has duplicates")
+        return value
+
+
+class ConditionalOverrides(Strict):
+    """Overrides added to the grid points that match every ``key=value`` of ``when``."""
+
+    when: list[str] = Field(min_length=1)
+    add: list[str] = Field(min_length=1)
+
+
+class ExperimentSettings(Strict):
+    """A study grid (``conf/experiment/<name>.yaml``, selected with ``-S experiment=<name>``).
+
+    ``sweep`` lists Hydra overrides as ``dvc exp run -S`` takes them, comma-separated values
+    giving the grid's axes (``model=vit3d,r3d_18``); ``exclude`` lists grid points to skip, each
+    a list of ``key=value`` overrides that all have to match; ``extra`` adds overrides to the
+    points that match (e.g. ViT-B sizes where ``model=vit3d``). ``neurotransfer sweep`` queues
+    one ``dvc exp run`` per remaining point.
+    """
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    reference: str = ""
+    sweep: list[str] = Field(default_factory=list)
+    exclude: list[list[str]] = Field(default_factory=list)
+    extra: list[ConditionalOverrides] = Field(default_factory=list)
+
+    @field_validator("sweep")
+    @classmethod
+    def _overrides(cls, value: list[str]) -> list[str]:
+        bad = [o for o in value if "=" not in o or not o.split("=", 1)[0].strip()]
+        if bad:
+            raise ValueError(f"sweep entries must be 'key=value[,value...]' overrides, got {bad}")
+        return value
+
+
 class Settings(Strict):
     seed: NonNegativeInt = 0
     cohort: CohortSettings | None = None
@@ -624,6 +689,8 @@ class Settings(Strict):
     synthesize: SynthesizeSettings | None = None
     finetune: FinetuneSettings = FinetuneSettings()
     evaluate: EvaluateSettings = EvaluateSettings()
+    scaling: ScalingSettings = ScalingSettings()
+    experiment: ExperimentSettings | None = None
     profile: Literal["cpu", "gpu"] = "cpu"
 
     @model_validator(mode="after")
@@ -635,6 +702,11 @@ class Settings(Strict):
                     f"tasks.{name}.datasets names dataset(s) {unknown} that data "
                     f"{self.data.name!r} does not have; it has {sorted(self.data.datasets)}"
                 )
+        unknown = sorted(set(self.scaling.tasks) - set(self.tasks))
+        if unknown:
+            raise ValueError(
+                f"scaling.tasks names task(s) {unknown} not in tasks; tasks: {sorted(self.tasks)}"
+            )
         return self
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 
 from neurotransfer.cli import build_parser
@@ -42,6 +43,7 @@ def test_report_stage_writes_summary(tmp_path: Path, monkeypatch: pytest.MonkeyP
     from neurotransfer.stages import report
 
     fake_workspace(tmp_path)
+    write_scaling_curve(tmp_path, "brain_age", seeds=[0])
     monkeypatch.chdir(tmp_path)
     # Only the two settings the stage reads: the test does not depend on the whole params.yaml.
     settings = SimpleNamespace(
@@ -53,3 +55,52 @@ def test_report_stage_writes_summary(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert text.startswith("# neurotransfer study summary")
     assert "90% subject-level bootstrap" in text
     assert "| sfcn / scratch | brain_age | mae_corrected |" in text
+    assert "![brain_age data scaling](scaling/brain_age.png)" in text
+
+
+def write_scaling_curve(root: Path, task: str, seeds: list[int]) -> None:
+    rows = []
+    for fraction, n_train, value in ((0.5, 20, 7.0), (1.0, 40, 5.0)):
+        for seed in seeds:
+            for split in ("test", "ood_test"):
+                v = value + seed * 0.5
+                rows.append(
+                    {
+                        "task": task,
+                        "n_train": n_train,
+                        "fraction": fraction,
+                        "seed": seed,
+                        "split": split,
+                        "metric": "mae_corrected",
+                        "value": v,
+                        "ci_low": v - 1,
+                        "ci_high": v + 1,
+                        "n_eval": 30,
+                    }
+                )
+    folder = root / "reports/scaling"
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(folder / f"{task}.csv", index=False)
+    (folder / f"{task}.png").write_bytes(b"\x89PNG")
+
+
+def test_summary_has_scaling_tables_and_plots(tmp_path: Path) -> None:
+    fake_workspace(tmp_path)
+    write_scaling_curve(tmp_path, "brain_age", seeds=[0])
+    write_scaling_curve(tmp_path, "ad", seeds=[0, 1])
+    experiments = [read_results(WorkspaceReader(tmp_path), "workspace", with_predictions=False)]
+    text = summary_markdown(experiments, tmp_path, {}, 0.95, scaling_dir="reports/scaling")
+    assert "## Data scaling" in text
+    assert "### brain_age (mae_corrected)" in text
+    assert "| 0.5 | 20 | 7.000 [6.000, 8.000] | 7.000 [6.000, 8.000] |" in text
+    assert "| 1 | 40 | 5.250 ± 0.354 (2 seeds) | 5.250 ± 0.354 (2 seeds) |" in text
+    assert "![brain_age data scaling](scaling/brain_age.png)" in text
+    # the section sits between the study table and the montages
+    assert text.index("## Study table") < text.index("## Data scaling")
+
+
+def test_summary_says_when_there_are_no_scaling_curves(tmp_path: Path) -> None:
+    fake_workspace(tmp_path)
+    experiments = [read_results(WorkspaceReader(tmp_path), "workspace", with_predictions=False)]
+    text = summary_markdown(experiments, tmp_path, {}, 0.95, scaling_dir="reports/scaling")
+    assert "No data-scaling curves in `reports/scaling/`" in text

@@ -1,4 +1,4 @@
-"""``reports/summary.md``: the study table and the QC and synthetic-data montages.
+"""``reports/summary.md``: the study table, data-scaling curves, QC and synthetic montages.
 
 One row per variant and task, with the headline metric in distribution (``test``) and on
 held-out sites (``ood_test``), each with its bootstrap interval. Within one experiment the
@@ -12,6 +12,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import pandas as pd
 
 from neurotransfer.reporting.revisions import ExperimentResults
 
@@ -75,12 +78,61 @@ def _images(root: Path, folder: str) -> list[str]:
     return sorted(p.name for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def _curve_cell(rows: pd.DataFrame) -> str:
+    """One seed: value [interval]; several: mean ± sd over seeds."""
+    values = rows["value"].to_numpy(dtype=float)
+    if values.size == 0 or not np.isfinite(values).any():
+        return "–"
+    if values.size == 1:
+        return _interval(rows.iloc[0][["value", "ci_low", "ci_high"]].astype(float).to_dict())
+    return f"{np.nanmean(values):.3f} ± {np.nanstd(values, ddof=1):.3f} ({values.size} seeds)"
+
+
+def scaling_lines(root: Path, folder: str, report_dir: str = "reports") -> list[str]:
+    """The data-scaling section: a table per task from ``<folder>/<task>.csv`` and its plot."""
+    lines = ["", "## Data scaling", ""]
+    path = root / folder
+    curves = sorted(path.glob("*.csv")) if path.is_dir() else []
+    if not curves:
+        lines.append(
+            f"No data-scaling curves in `{folder}/` (the `scaling` stage is off or has not run)."
+        )
+        return lines
+    lines += [
+        "The fine-tuning recipe on nested, stratified fractions of each task's training subjects "
+        "(the same initial backbone, validation and test subjects at every fraction). One seed: "
+        "value [bootstrap interval]; several: mean ± sd over seeds.",
+        "",
+    ]
+    prefix = Path(folder).relative_to(report_dir) if folder.startswith(report_dir) else Path(folder)
+    for csv in curves:
+        curve = pd.read_csv(csv)
+        task = csv.stem
+        metric = str(curve["metric"].iloc[0]) if len(curve) else "?"
+        lines += [
+            f"### {task} ({metric})",
+            "",
+            "| fraction | training subjects | " + " | ".join(label for _, label in SPLITS) + " |",
+            "|---|---|" + "---|" * len(SPLITS),
+        ]
+        for fraction, rows in curve.groupby("fraction", sort=True):
+            cells = [_curve_cell(rows[rows["split"] == split]) for split, _ in SPLITS]
+            n_train = int(rows["n_train"].max())
+            lines.append(f"| {float(fraction):g} | {n_train} | " + " | ".join(cells) + " |")
+        plot = csv.with_suffix(".png")
+        if plot.is_file():
+            lines += ["", f"![{task} data scaling]({(prefix / plot.name).as_posix()})"]
+        lines.append("")
+    return lines
+
+
 def summary_markdown(
     experiments: list[ExperimentResults],
     root: Path,
     image_dirs: dict[str, str],
     ci_level: float,
     report_dir: str = "reports",
+    scaling_dir: str | None = None,
 ) -> str:
     """The whole summary; image links are relative to `report_dir` (where the file lives)."""
     level = f"{100 * ci_level:g}%"
@@ -102,6 +154,8 @@ def summary_markdown(
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     if not rows:
         lines.append("| – | no evaluated task | | | |")
+    if scaling_dir is not None:
+        lines += scaling_lines(root, scaling_dir, report_dir)
     for title, folder in image_dirs.items():
         lines += ["", f"## {title}", ""]
         images = _images(root, folder)

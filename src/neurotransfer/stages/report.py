@@ -1,4 +1,5 @@
-"""DVC stage `report`: ``reports/summary.md`` (study table, QC and synthetic montages).
+"""DVC stage `report`: ``reports/summary.md`` (study table, data-scaling curves, QC and synthetic
+montages).
 
 With ``--revs`` it is a command instead: the study table across experiments (e.g. every
 initialisation of a `dvc exp` grid), printed or written to ``--output``.
@@ -13,6 +14,7 @@ from neurotransfer.config import Settings
 
 SUMMARY = Path("reports/summary.md")
 SYNTHETIC_DIR = "reports/synthetic"
+SCALING_DIR = "reports/scaling"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +56,8 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
         root,
         {"QC montages": settings.data.qc_dir, "Synthetic data": SYNTHETIC_DIR},
         settings.evaluate.ci_level,
+        # The data-scaling curves belong to this workspace's experiment only.
+        scaling_dir=None if args.revs else SCALING_DIR,
     )
     if args.output == "-":
         print(text, end="")

@@ -1,8 +1,8 @@
 """Fine-tune one task: the recipe is identical for every initialisation.
 
 Reads the processed cohort through the data package's ``TaskDataModule``, builds the backbone
-named in ``settings.model`` (loading the ``pretrain`` stage's weights unless the source is
-``scratch``), trains a TaskModule and saves it as safetensors.
+named in ``settings.model`` with the ``pretrain`` stage's weights (``models/pretrained/``, for
+every source, ``scratch`` included), trains a TaskModule and saves it as safetensors.
 """
 
 from __future__ import annotations
@@ -10,21 +10,26 @@ from __future__ import annotations
 import json
 import logging
 import platform
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import numpy as np
 import torch
 
-from neurotransfer.config import Settings, SettingsError, TaskSettings
+from neurotransfer.config import FinetuneSettings, Settings, SettingsError, TaskSettings
 from neurotransfer.train.checkpoint import save_task_model
-from neurotransfer.train.fit import fit_task_model
+from neurotransfer.train.fit import FitResult, fit_task_model
 from neurotransfer.train.module import OptimConfig, TaskModule
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from neurotransfer.data import TaskDataModule
 
 log = logging.getLogger(__name__)
 
-PRETRAINED_DIR = Path("models/pretrained")
 FINETUNED_DIR = Path("models/finetuned")
 
 
@@ -44,55 +49,101 @@ def task_settings(settings: Settings, task_name: str) -> TaskSettings:
 
 
 def initial_backbone(settings: Settings, root: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The backbone fine-tuning starts from, and a record of where it came from."""
+    """The backbone fine-tuning starts from, and a record of where it came from.
+
+    Always the ``pretrain`` stage's output (``pretrain.out_dir``), whatever the source, scratch
+    included, so every variant runs the same DAG. Its ``meta.json`` must agree with the params
+    on the architecture, its options, the input shape and the source; otherwise the stage stops
+    and says to re-run ``dvc repro pretrain``.
+    """
     from neurotransfer.models import build_backbone, load_backbone_weights
 
     shape = tuple(settings.data.preprocess.shape)
     backbone = build_backbone(settings.model.name, shape, **settings.model.options)
     source = settings.pretrain.source
-    if source == "scratch":
-        return backbone, {"source": "scratch"}
-    weights = root / PRETRAINED_DIR / "backbone.safetensors"
-    meta_path = root / PRETRAINED_DIR / "meta.json"
+    folder = root / settings.pretrain.out_dir
+    weights = folder / "backbone.safetensors"
+    meta_path = folder / "meta.json"
     if not weights.is_file() or not meta_path.is_file():
         raise FileNotFoundError(
-            f"{weights}: pretrain.source is {source!r} but no pre-trained backbone was found; "
-            "run the pretrain stage (dvc repro pretrain) first"
+            f"{weights}: no pre-trained backbone (pretrain.source is {source!r}); fine-tuning "
+            "always starts from the pretrain stage's output: run `dvc repro pretrain` first"
         )
-    meta = json.loads(meta_path.read_text())
-    if meta.get("architecture") != settings.model.name:
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    spec = backbone.spec
+    expected = {
+        "architecture": settings.model.name,
+        "options": spec.options if spec is not None else None,
+        "input_shape": list(shape),
+        "source": source,
+    }
+    problems = [
+        f"{key}: saved {meta.get(key)!r}, params {value!r}"
+        for key, value in expected.items()
+        if meta.get(key) != value
+    ]
+    if problems:
         raise SettingsError(
-            f"{meta_path}: pre-trained backbone is {meta.get('architecture')!r} but model.name is "
-            f"{settings.model.name!r}; re-run the pretrain stage for this model"
+            f"{meta_path}: the pre-trained backbone does not match params.yaml ("
+            + "; ".join(problems)
+            + "); re-run the pretrain stage for these params: `dvc repro pretrain`"
         )
     load_backbone_weights(backbone, weights)
     return backbone, {"source": source, "pretrained_meta": meta}
 
 
-def run_finetune(
-    settings: Settings, task_name: str, root: Path = Path(".")
-) -> dict[str, Any] | None:
-    """Fine-tune `task_name`; write the model and return the metrics to record.
+@dataclass
+class TrainedTask:
+    """A task model after training (best epoch's weights loaded) and what it was trained on."""
 
-    Under DDP every process trains, but only the global-zero process writes the model and gets
-    the metrics back (the others return None), so no two processes write the same file.
-    """
+    module: TaskModule
+    result: FitResult
+    init_record: dict[str, Any]
+    train_frame: pd.DataFrame
+    val_frame: pd.DataFrame
+    target_mean: float
+    target_std: float
+
+
+def task_datamodule(
+    settings: Settings, task_name: str, root: Path, finetune: FinetuneSettings | None = None
+) -> TaskDataModule:
     from neurotransfer.data import TaskDataModule
-    from neurotransfer.models import TaskHead, backbone_layer_groups
 
-    task = task_settings(settings, task_name)
-    ft = settings.finetune
-    L.seed_everything(ft.seed, workers=True)
-    datamodule = TaskDataModule(
+    ft = finetune or settings.finetune
+    return TaskDataModule(
         manifest_path=manifest_path(settings, root),
         task_name=task_name,
-        task=task,
+        task=task_settings(settings, task_name),
         batch_size=ft.batch_size,
         num_workers=ft.num_workers,
         augment=settings.data.augment,
         seed=ft.seed,
         root=root,
     )
+
+
+def train_task(
+    settings: Settings,
+    task_name: str,
+    root: Path,
+    finetune: FinetuneSettings | None = None,
+    datamodule: TaskDataModule | None = None,
+    log_dir: Path | None = None,
+    **trainer_overrides: Any,
+) -> TrainedTask:
+    """The fine-tuning recipe: the initial backbone, a task head, `fit_task_model`.
+
+    `finetune` replaces ``settings.finetune`` (another seed or schedule) and `datamodule` the
+    task's full data (a subset of its training subjects): the ``scaling`` stage's two knobs.
+    """
+    from neurotransfer.models import TaskHead, backbone_layer_groups
+
+    task = task_settings(settings, task_name)
+    ft = finetune or settings.finetune
+    L.seed_everything(ft.seed, workers=True)
+    if datamodule is None:
+        datamodule = task_datamodule(settings, task_name, root, ft)
     datamodule.setup("fit")
     train_frame = datamodule.frame("train")
     val_frame = datamodule.frame("val")
@@ -120,9 +171,26 @@ def run_finetune(
         target_mean=target_mean,
         target_std=target_std,
     )
-    result = fit_task_model(
-        module, datamodule, ft, log_dir=root / "dvclive" / "finetune" / task_name
+    result = fit_task_model(module, datamodule, ft, log_dir=log_dir, **trainer_overrides)
+    return TrainedTask(module, result, init_record, train_frame, val_frame, target_mean, target_std)
+
+
+def run_finetune(
+    settings: Settings, task_name: str, root: Path = Path(".")
+) -> dict[str, Any] | None:
+    """Fine-tune `task_name`; write the model and return the metrics to record.
+
+    Under DDP every process trains, but only the global-zero process writes the model and gets
+    the metrics back (the others return None), so no two processes write the same file.
+    """
+    task = task_settings(settings, task_name)
+    ft = settings.finetune
+    trained = train_task(
+        settings, task_name, root, log_dir=root / "dvclive" / "finetune" / task_name
     )
+    module, result, init_record = trained.module, trained.result, trained.init_record
+    train_frame, val_frame = trained.train_frame, trained.val_frame
+    target_mean, target_std = trained.target_mean, trained.target_std
 
     if not result.is_global_zero:
         return None
