@@ -518,7 +518,9 @@ class ProbeSettings(Strict):
     """The cheap representation signal: ridge regression of age on frozen pool features."""
 
     val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.25
-    ridge_alpha: PositiveFloat = 1.0
+    # Candidate penalties; leave-one-out CV on the fitting subjects picks one (RidgeCV), so a
+    # representation is not judged by a penalty that suits another feature size.
+    ridge_alphas: tuple[PositiveFloat, ...] = (0.1, 1.0, 10.0, 100.0, 1000.0)
 
 
 PretrainObjective = Literal["covariates", "simclr", "masked"]

@@ -166,11 +166,16 @@ def test_probe_decodes_age_from_informative_features() -> None:
     ages = rng.uniform(20, 90, 40)
     rows = pd.DataFrame({"subject_id": [f"s{i}" for i in range(40)], "age": ages})
     informative = np.c_[ages + rng.normal(0, 1, 40), rng.normal(size=(40, 3))]
-    good = age_probe(informative, rows, 0.25, 1.0, seed=0)
-    noise = age_probe(rng.normal(size=(40, 4)), rows, 0.25, 1.0, seed=0)
+    alphas = (0.1, 1.0, 10.0, 100.0, 1000.0)
+    good = age_probe(informative, rows, 0.25, alphas, seed=0)
+    noise = age_probe(rng.normal(size=(40, 4)), rows, 0.25, alphas, seed=0)
     assert good["n_val"] == 10 and good["mae"] < 3 < noise["mae"]
-    assert good["r2"] > 0.9
-    few = age_probe(informative[:3], rows[:3], 0.25, 1.0, seed=0)
+    assert good["r2"] > 0.9 and good["ridge_alpha"] in alphas
+    # Noise features: cross-validation picks a strong penalty, so the probe falls back towards
+    # the mean age instead of overfitting (a fixed small penalty does much worse than the mean).
+    assert noise["ridge_alpha"] >= 100.0
+    assert noise["mae"] < 1.2 * noise["mean_predictor_mae"]
+    few = age_probe(informative[:3], rows[:3], 0.25, alphas, seed=0)
     assert few["mae"] is None and "too few" in few["note"]
 
 

@@ -5,22 +5,24 @@ Every source (scratch included) is scored the same way, so variants compare in
 with a known age to its ``[F]`` feature vector; whole subjects are split
 (:func:`neurotransfer.synth.pool.holdout_mask`, seeded) into ``1 - val_fraction`` to fit and
 ``val_fraction`` to score; features are standardised on the fitting part and scikit-learn's
-``Ridge(alpha=ridge_alpha)`` predicts age. Reported: MAE and R² on the held-out subjects, the
-MAE of predicting the fitting part's mean age (the floor a useless representation reaches),
-and the counts. It says how linearly decodable age is from the features *before* any
-fine-tuning; it is not the downstream brain-age result.
+``RidgeCV`` predicts age, its penalty chosen among ``ridge_alphas`` by leave-one-out error on the
+fitting part only (a fixed penalty would favour feature sizes it happens to suit). Reported:
+MAE and R² on the held-out subjects, the chosen penalty, the MAE of predicting the fitting
+part's mean age (the floor a useless representation reaches), and the counts. It says how
+linearly decodable age is from the features *before* any fine-tuning; it is not the
+downstream brain-age result.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.linear_model import Ridge
+from sklearn.linear_model import RidgeCV
 from sklearn.metrics import mean_absolute_error, r2_score
 from sklearn.preprocessing import StandardScaler
 from torch import nn
@@ -55,7 +57,7 @@ def age_probe(
     features: np.ndarray,
     rows: pd.DataFrame,
     val_fraction: float,
-    ridge_alpha: float,
+    ridge_alphas: Sequence[float],
     seed: int,
 ) -> dict[str, Any]:
     """Fit the ridge probe on ``features`` (aligned with ``rows``: subject_id, age)."""
@@ -64,7 +66,7 @@ def age_probe(
     n_subjects = rows["subject_id"].nunique()
     result: dict[str, Any] = {
         "target": "age",
-        "ridge_alpha": ridge_alpha,
+        "ridge_alphas": [float(a) for a in ridge_alphas],
         "val_fraction": val_fraction,
         "n_scans": len(rows),
         "feature_dim": int(features.shape[1]) if features.ndim == 2 else 0,
@@ -83,11 +85,12 @@ def age_probe(
     y = rows["age"].to_numpy(dtype=float)
     y_fit, y_val = y[~held_out], y[held_out]
     scaler = StandardScaler().fit(x_fit)
-    model = Ridge(alpha=ridge_alpha).fit(scaler.transform(x_fit), y_fit)
+    model = RidgeCV(alphas=list(ridge_alphas)).fit(scaler.transform(x_fit), y_fit)
     predicted = model.predict(scaler.transform(x_val))
     r2 = float(r2_score(y_val, predicted)) if len(y_val) > 1 else float("nan")
     return {
         **result,
+        "ridge_alpha": float(model.alpha_),
         "n_fit": len(y_fit),
         "n_val": len(y_val),
         "mae": float(mean_absolute_error(y_val, predicted)),

@@ -220,7 +220,7 @@ def run_pretrain(settings: Settings, root: Path = Path(".")) -> dict[str, Any]:
         device,
     )
     backbone.cpu()
-    probe = age_probe(features, pool.rows, cfg.probe.val_fraction, cfg.probe.ridge_alpha, cfg.seed)
+    probe = age_probe(features, pool.rows, cfg.probe.val_fraction, cfg.probe.ridge_alphas, cfg.seed)
     meta["probe"] = probe
 
     with atomic_directory(root / cfg.out_dir) as folder:
