@@ -221,7 +221,8 @@ def run_pretrain(settings: Settings, root: Path = Path(".")) -> dict[str, Any]:
     )
     backbone.cpu()
     probe = age_probe(features, pool.rows, cfg.probe.val_fraction, cfg.probe.ridge_alphas, cfg.seed)
-    meta["probe"] = probe
+    # The probe goes to metrics/pretrain.json only: meta.json describes the weights, so a change
+    # in how they are scored does not change models/pretrained and re-run every fine-tuning.
 
     with atomic_directory(root / cfg.out_dir) as folder:
         save_backbone(backbone, folder, meta)
