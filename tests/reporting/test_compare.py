@@ -135,3 +135,17 @@ def test_compare_commit_with_experiment_through_dvc(
 
     with pytest.raises(SystemExit, match="unknown Git revision"):
         main(["compare", "HEAD", "no-such-exp", "--repo", str(repo)])
+
+
+def test_metrics_of_tasks_no_longer_in_params_are_skipped(tmp_path: Path) -> None:
+    write_eval_outputs(tmp_path, "ad", "binary", quality=2.0)
+    write_eval_outputs(tmp_path, "pd", "binary", quality=2.0)
+    # pd was dropped from the tasks: its metrics file stays in git, its predictions are gone.
+    (tmp_path / "reports/eval/pd/predictions.csv").unlink()
+    (tmp_path / "params.yaml").write_text("tasks:\n  ad: {kind: binary}\n", encoding="utf-8")
+    results = read_results(WorkspaceReader(tmp_path), "workspace")
+    assert list(results.tasks) == ["ad"]
+    # Without params.yaml every metrics file counts (and the missing predictions are an error).
+    (tmp_path / "params.yaml").unlink()
+    with pytest.raises(RevisionError, match=r"predictions\.csv"):
+        read_results(WorkspaceReader(tmp_path), "workspace")

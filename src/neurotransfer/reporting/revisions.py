@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import pandas as pd
+import yaml
+
+log = logging.getLogger(__name__)
 
 METRICS_DIR = "metrics/eval"
 PREDICTIONS = "reports/eval/{task}/predictions.csv"
@@ -111,6 +115,15 @@ def read_results(
         for name in reader.list_dir(METRICS_DIR)
         if name.endswith(".json")
     ]
+    if tasks is None:
+        declared = declared_tasks(reader)
+        if declared is not None:
+            stale = [name for name in names if name not in declared]
+            if stale:
+                # A task dropped from params leaves its git-tracked metrics file behind (DVC does
+                # not delete a former output); its predictions are gone, so it is not a result.
+                log.info("%s: skipping %s (not in that revision's tasks)", label, stale)
+            names = [name for name in names if name in declared]
     results = ExperimentResults(label=label)
     for task in names:
         metrics = json.loads(reader.read_text(f"{METRICS_DIR}/{task}.json"))
@@ -125,6 +138,16 @@ def read_results(
     if not results.tasks:
         raise RevisionError(f"no evaluated task ({METRICS_DIR}/*.json) at {label!r}")
     return results
+
+
+def declared_tasks(reader: Reader) -> set[str] | None:
+    """The task names of the revision's params.yaml, or None when it has none to read."""
+    try:
+        params = yaml.safe_load(reader.read_text("params.yaml"))
+    except (RevisionError, yaml.YAMLError):
+        return None
+    tasks = params.get("tasks") if isinstance(params, dict) else None
+    return set(tasks) if isinstance(tasks, dict) else None
 
 
 def read_revision(
