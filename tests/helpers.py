@@ -74,3 +74,27 @@ def _deep_merge(base: dict, edits: dict) -> None:
             _deep_merge(base[key], value)
         else:
             base[key] = value
+
+
+def dvc_experiments(repo: Path, env: dict[str, str]) -> dict[str, dict]:
+    """`dvc exp show --json` as {experiment name: its params and metrics data}."""
+    import json
+
+    env = {**env, "PATH": f"{BIN}:{env.get('PATH', '')}"}
+    shown = json.loads(
+        subprocess.run(
+            ["dvc", "exp", "show", "--json"],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
+        ).stdout
+    )
+    return {
+        exp["name"]: exp["data"]
+        for rev in shown
+        for exp_range in rev.get("experiments") or []
+        for exp in exp_range.get("revs", [])
+    }

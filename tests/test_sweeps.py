@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 import subprocess
 import time
@@ -22,7 +21,7 @@ from neurotransfer.sweep import (
     split_values,
     validate_point,
 )
-from tests.helpers import BIN, make_project_copy, run
+from tests.helpers import BIN, dvc_experiments, make_project_copy, run
 from tests.test_pipeline_dvc import TINY_STUDY
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -239,26 +238,10 @@ def test_two_queued_experiments_run_and_compare(tmp_path: Path, git_env: dict[st
     status = run(["dvc", "queue", "status"], repo, git_env)
     assert "Failed" not in status, status + run(["dvc", "queue", "logs", "ssl"], repo, git_env)
 
-    shown = json.loads(
-        subprocess.run(
-            ["dvc", "exp", "show", "--json"],
-            cwd=repo,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=300,
-        ).stdout
-    )
-    experiments = {
-        exp["name"]: exp
-        for rev in shown
-        for exp_range in rev.get("experiments") or []
-        for exp in exp_range.get("revs", [])
-    }
+    experiments = dvc_experiments(repo, git_env)
     assert set(names) <= set(experiments), sorted(experiments)
     for name in names:
-        data = experiments[name]["data"]
+        data = experiments[name]
         metrics = data["metrics"]
         assert {"metrics/eval/ad.json", "metrics/eval/brain_age.json"} <= set(metrics), metrics
         ad = metrics["metrics/eval/ad.json"]["data"]["model_metrics"]["test"]["metrics"]["auc"]

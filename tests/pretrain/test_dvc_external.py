@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from tests.helpers import BIN, make_project_copy, run
+from tests.helpers import dvc_experiments, make_project_copy, run
 from tests.test_pipeline_dvc import TINY_STUDY
 from tests.test_sweeps import _keep_tasks
 
@@ -76,24 +75,7 @@ def test_imagenet_and_kinetics_run_through_dvc_from_local_files(
             timeout=1800,
         )  # fmt: skip
 
-    env = {**git_env, "PATH": f"{BIN}:{git_env.get('PATH', '')}"}
-    shown = json.loads(
-        subprocess.run(
-            ["dvc", "exp", "show", "--json"],
-            cwd=repo,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=300,
-        ).stdout
-    )
-    experiments = {
-        exp["name"]: exp["data"]
-        for rev in shown
-        for exp_range in rev.get("experiments") or []
-        for exp in exp_range.get("revs", [])
-    }
+    experiments = dvc_experiments(repo, git_env)
     assert set(runs) <= set(experiments), sorted(experiments)
     for source in runs:
         data = experiments[source]

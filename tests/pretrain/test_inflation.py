@@ -146,6 +146,15 @@ def tiny_vit3d(depth: int = 16, **options: object) -> nn.Module:
     return build_backbone("vit3d", (depth, 32, 32), **kwargs).eval()
 
 
+def vit2d_class_token(
+    vit2d: torchvision.models.VisionTransformer, grey: torch.Tensor
+) -> torch.Tensor:
+    """The 2D ViT's final class token for grey images replicated to RGB (no classifier head)."""
+    tokens = vit2d._process_input(grey.repeat(1, 3, 1, 1))
+    tokens = torch.cat([vit2d.class_token.expand(len(grey), -1, -1), tokens], dim=1)
+    return vit2d.encoder(tokens)[:, 0]
+
+
 def test_vit_patch_embedding_inflation_on_constant_depth() -> None:
     vit2d = tiny_torchvision_vit()
     vit3d = tiny_vit3d(depth=32)
@@ -167,9 +176,7 @@ def test_vit_whole_network_matches_2d_with_one_depth_patch() -> None:
     vit3d.load_state_dict(map_vit_b_16(vit2d.state_dict(), vit3d, source_heads=2).state)
     grey = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
-        x = vit2d._process_input(grey.repeat(1, 3, 1, 1))
-        x = torch.cat([vit2d.class_token.expand(2, -1, -1), x], dim=1)
-        expected = vit2d.encoder(x)[:, 0]
+        expected = vit2d_class_token(vit2d, grey)
         got = vit3d(constant_depth(grey, 16))
     # Only MONAI's LayerNorm epsilon (1e-5 vs 1e-6) differs.
     assert torch.allclose(got, expected, atol=2e-3)
@@ -183,9 +190,7 @@ def test_vit_with_qkv_bias_keeps_the_query_bias() -> None:
     without.load_state_dict(map_vit_b_16(vit2d.state_dict(), without, source_heads=2).state)
     grey = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
-        x = vit2d._process_input(grey.repeat(1, 3, 1, 1))
-        x = torch.cat([vit2d.class_token.expand(2, -1, -1), x], dim=1)
-        expected = vit2d.encoder(x)[:, 0]
+        expected = vit2d_class_token(vit2d, grey)
         got = vit3d(constant_depth(grey, 16))
         dropped = without(constant_depth(grey, 16))
     assert torch.allclose(got, expected, atol=2e-3)
