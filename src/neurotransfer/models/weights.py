@@ -121,9 +121,7 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
     there; otherwise ``ValueError`` names the missing, unexpected and mis-shaped keys.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: backbone weights not found")
-    state = _read_state_dict(path)
+    state = read_state_dict(path)
     expected = backbone.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -151,7 +149,18 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
     backbone.load_state_dict(state, strict=True)
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | Path, unwrap_checkpoint: bool = False) -> dict[str, torch.Tensor]:
+    """A flat ``name -> tensor`` state dict from ``.safetensors`` or a weights-only torch file.
+
+    Never unpickles: torch files are read with ``weights_only=True``, and anything that would
+    need pickle is refused. With ``unwrap_checkpoint`` (files made elsewhere), a
+    ``{"state_dict": ..., "epoch": ...}`` style checkpoint gives its state dict; our own saved
+    backbones are flat, so there a nested file is refused. Every problem is a
+    ``FileNotFoundError`` or ``ValueError`` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: weights file not found")
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path))
@@ -159,16 +168,19 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             raise ValueError(f"{path}: not a readable safetensors file: {err}") from err
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
         raise ValueError(
             f"{path}: not a weights-only torch file (loading it would need pickle, which is "
-            f"refused): {err}"
+            f"refused; save a plain state dict or safetensors): {err}"
         ) from err
+    nested = isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping)
+    if unwrap_checkpoint and nested:
+        state = state["state_dict"]
     if not isinstance(state, Mapping) or not all(
         isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items()
     ):
         raise ValueError(
-            f"{path}: expected a flat mapping of parameter names to tensors (a state dict), "
+            f"{path}: expected a state dict (a flat mapping of parameter names to tensors), "
             f"got {type(state).__name__}"
         )
     return dict(state)

@@ -30,7 +30,8 @@ from neurotransfer.data import read_cached_volume, read_manifest
 Shape3D = tuple[int, int, int]
 
 
-def _sha256_file(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's content, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -43,7 +44,7 @@ def files_sha256(names: Sequence[str], paths: Sequence[Path]) -> str:
     digest = hashlib.sha256()
     for name, path in zip(names, paths, strict=True):
         digest.update(name.encode() + b"\0")
-        digest.update(_sha256_file(path).encode() + b"\n")
+        digest.update(file_sha256(path).encode() + b"\n")
     return digest.hexdigest()
 
 
@@ -58,7 +59,7 @@ class PoolScans:
     def data_record(self) -> dict[str, object]:
         return {
             "manifest": str(self.manifest_path),
-            "manifest_sha256": _sha256_file(self.manifest_path),
+            "manifest_sha256": file_sha256(self.manifest_path),
             "pool_scans": len(self.rows),
             "pool_arrays_sha256": files_sha256(
                 list(self.rows["subject_id"]), [Path(p) for p in self.rows["path"]]
@@ -110,7 +111,7 @@ class SyntheticScans:
     def data_record(self) -> dict[str, object]:
         return {
             "synthetic_dir": str(self.folder),
-            "participants_sha256": _sha256_file(self.folder / "participants.tsv"),
+            "participants_sha256": file_sha256(self.folder / "participants.tsv"),
             "synthetic_volumes": len(self.rows),
             "synthetic_volumes_sha256": files_sha256(
                 list(self.rows["participant_id"]), [Path(p) for p in self.rows["path"]]

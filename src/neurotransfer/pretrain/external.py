@@ -11,10 +11,7 @@ member and the expected file name, and says how to set ``pretrain.weights_path``
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import pickle
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,7 @@ from urllib.parse import urlparse
 import torch
 
 from neurotransfer.config import SettingsError
+from neurotransfer.pretrain.data import file_sha256
 from neurotransfer.pretrain.sources import counterpart
 
 log = logging.getLogger(__name__)
@@ -59,46 +57,21 @@ def expected_file_name(member: Any) -> str:
     return Path(urlparse(member.url).path).name
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A flat state dict from safetensors or a weights-only torch file; pickle is refused."""
+    """The state dict in ``pretrain.weights_path``, its problems named as that setting's.
+
+    Read by :func:`neurotransfer.models.weights.read_state_dict` (safetensors or weights-only
+    torch, pickle refused, ``{"state_dict": ...}`` checkpoints unwrapped).
+    """
+    from neurotransfer.models.weights import read_state_dict as read_weights_file
+
     path = Path(path)
     if not path.is_file():
         raise WeightsUnavailableError(f"pretrain.weights_path: {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return dict(load_file(str(path)))
-        except (SafetensorError, OSError) as err:
-            raise WeightsUnavailableError(
-                f"pretrain.weights_path: {path} is not a readable safetensors file: {err}"
-            ) from err
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
-        raise WeightsUnavailableError(
-            f"pretrain.weights_path: {path} is not a weights-only torch file (loading it would "
-            f"need pickle, which is refused; save a plain state dict or safetensors): {err}"
-        ) from err
-    if isinstance(state, Mapping) and "state_dict" in state and len(state) <= 4:
-        state = state["state_dict"]  # {"state_dict": ..., "epoch": ...} style checkpoints
-    if not isinstance(state, Mapping) or not all(
-        isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items()
-    ):
-        raise WeightsUnavailableError(
-            f"pretrain.weights_path: {path} does not hold a state dict (a flat mapping of "
-            f"parameter names to tensors), got {type(state).__name__}"
-        )
-    return dict(state)
+        return read_weights_file(path, unwrap_checkpoint=True)
+    except ValueError as err:
+        raise WeightsUnavailableError(f"pretrain.weights_path: {err}") from err
 
 
 def download_state_dict(member: Any) -> dict[str, torch.Tensor]:

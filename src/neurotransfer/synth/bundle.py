@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from neurotransfer.config import PretrainedLDMSettings
+from neurotransfer.models.weights import read_state_dict as read_weights_file
 from neurotransfer.synth.networks import build_autoencoder, build_unet
 
 Layout = Literal["auto", "generative", "monai"]
@@ -50,24 +51,10 @@ def to_legacy_layout(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A flat ``name -> tensor`` mapping from a safetensors or weights-only torch file."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: weights file not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors come in several types
-        raise ValueError(f"{path}: not a weights-only torch file: {exc}") from exc
-    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
-    ):
-        raise ValueError(f"{path}: expected a state dict (a mapping of names to tensors)")
-    return dict(loaded)
+    """A bundle file's state dict: safetensors or weights-only torch, pickle refused, a
+    ``{"state_dict": ...}`` checkpoint unwrapped
+    (:func:`neurotransfer.models.weights.read_state_dict`)."""
+    return read_weights_file(path, unwrap_checkpoint=True)
 
 
 def _mismatch(path: Path, what: str, expected: set[str], found: set[str], layout: str) -> str:
