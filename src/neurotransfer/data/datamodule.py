@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from pathlib import Path
 
 import lightning as L
@@ -104,6 +105,25 @@ class TaskDataModule(L.LightningDataModule):
             self._rows = select_task_rows(
                 read_manifest(self.manifest_path), self.task_name, self.task
             )
+
+    def with_train_subjects(self, subjects: Collection[str]) -> TaskDataModule:
+        """The same task data with the training split restricted to `subjects` (validation and
+        test splits unchanged), sharing the rows already read: the manifest is not read again."""
+        self.setup()
+        assert self._rows is not None
+        subset = TaskDataModule(
+            self.manifest_path,
+            self.task_name,
+            self.task,
+            self.batch_size,
+            self.num_workers,
+            self.augment,
+            self.seed,
+            self.root,
+        )
+        keep = self._rows["subject_id"].astype(str).isin({str(s) for s in subjects})
+        subset._rows = self._rows[(self._rows["split"] != "train") | keep].reset_index(drop=True)
+        return subset
 
     def frame(self, split: str) -> pd.DataFrame:
         """Task rows of `split`: ``subject_id``, ``path``, ``site``, ``dataset``, ``target``..."""

@@ -106,31 +106,6 @@ def nested_subsets(
     return subsets
 
 
-def _subset_datamodule(base: TaskDataModule, subjects: Sequence[str]) -> TaskDataModule:
-    """The task's data with the training split restricted to `subjects` (others unchanged)."""
-    from neurotransfer.data.datamodule import TaskDataModule
-
-    keep = set(subjects)
-
-    class SubsetDataModule(TaskDataModule):
-        def frame(self, split: str) -> pd.DataFrame:
-            rows = super().frame(split)
-            if split != "train":
-                return rows
-            return rows[rows["subject_id"].astype(str).isin(keep)].reset_index(drop=True)
-
-    return SubsetDataModule(
-        manifest_path=base.manifest_path,
-        task_name=base.task_name,
-        task=base.task,
-        batch_size=base.batch_size,
-        num_workers=base.num_workers,
-        augment=base.augment,
-        seed=base.seed,
-        root=base.root,
-    )
-
-
 def score_splits(
     module: Any,
     datamodule: TaskDataModule,
@@ -197,7 +172,7 @@ def run_scaling_task(
                 len(subjects),
                 n_subjects,
             )
-            datamodule = _subset_datamodule(base, subjects)
+            datamodule = base.with_train_subjects(subjects)
             trained = train_task(
                 settings,
                 task_name,
