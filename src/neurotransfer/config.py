@@ -614,6 +614,8 @@ class EvaluateSettings(Strict):
     seed: NonNegativeInt = 0
     site_probe_folds: Annotated[int, Field(ge=2)] = 5
     ridge_baseline: bool = True
+    # Predict as the mean over each volume and its left-right mirror image (evaluate, scaling).
+    flip_tta: bool = False
 
 
 class ScalingSettings(Strict):

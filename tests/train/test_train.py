@@ -157,3 +157,24 @@ def test_save_is_atomic_and_replaces(tmp_path: Path, monkeypatch: pytest.MonkeyP
     # The earlier model is intact and no temporary folder is left behind.
     assert json.loads((target / "meta.json").read_text()) == {"kind": "binary"}
     assert sorted(p.name for p in target.parent.iterdir()) == ["ad"]
+
+
+def test_flip_tta_averages_a_volume_and_its_left_right_mirror() -> None:
+    module = make_module("regression")
+    volumes = SignalDataset(6, "regression", seed=3)
+    # The same subjects mirrored left-right (spatial axis 0 = tensor axis 1 of [C, D, H, W]).
+    mirrored = SignalDataset(6, "regression", seed=3)
+    mirrored.images = np.ascontiguousarray(np.flip(volumes.images, axis=2))
+
+    plain, feats = predict_frame(module, DataLoader(volumes, batch_size=4), "test")
+    plain_mirror, _ = predict_frame(module, DataLoader(mirrored, batch_size=4), "test")
+    tta, tta_feats = predict_frame(module, DataLoader(volumes, batch_size=4), "test", flip_tta=True)
+    tta_mirror, _ = predict_frame(module, DataLoader(mirrored, batch_size=4), "test", flip_tta=True)
+
+    # An untrained network on noise is not mirror-symmetric, so the flip changes predictions...
+    assert not np.allclose(plain["prediction"], plain_mirror["prediction"], atol=1e-4)
+    # ...and test-time flipping gives both views the same prediction, the mean of the two.
+    np.testing.assert_allclose(tta["prediction"], tta_mirror["prediction"], rtol=1e-5)
+    expected = (plain["prediction"] + plain_mirror["prediction"]) / 2
+    np.testing.assert_allclose(tta["prediction"], expected, rtol=1e-5)
+    np.testing.assert_array_equal(tta_feats, feats)  # features: the volume as given

@@ -18,6 +18,8 @@ from neurotransfer.data.cache import read_cached_volume, read_manifest
 from neurotransfer.data.tasks import select_task_rows
 
 SPLITS = ("train", "val", "test", "ood_test")
+# Left-right axis of a preprocessed volume (MNI152 space, RAS orientation).
+LEFT_RIGHT_AXIS = 0
 
 
 def build_augmentation(settings: AugmentSettings) -> mt.Compose:
@@ -28,7 +30,7 @@ def build_augmentation(settings: AugmentSettings) -> mt.Compose:
     angle = math.radians(settings.rotate_deg)
     return mt.Compose(
         [
-            mt.RandFlip(prob=settings.flip_prob, spatial_axis=0),
+            mt.RandFlip(prob=settings.flip_prob, spatial_axis=LEFT_RIGHT_AXIS),
             mt.RandAffine(
                 prob=settings.affine_prob,
                 rotate_range=(angle, angle, angle),

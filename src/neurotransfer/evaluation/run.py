@@ -86,7 +86,11 @@ def evaluate_task(settings: Settings, task_name: str, root: Path = Path(".")) ->
         if datamodule.frame(split).empty:
             continue
         frames[split], features[split] = predict_frame(
-            module, datamodule.dataloader(split, augment=False, shuffle=False), split, device
+            module,
+            datamodule.dataloader(split, augment=False, shuffle=False),
+            split,
+            device,
+            ev.flip_tta,
         )
     missing = [s for s in ("train", "val", "test") if s not in frames]
     if missing:

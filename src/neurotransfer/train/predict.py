@@ -7,25 +7,42 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from neurotransfer.data.datamodule import LEFT_RIGHT_AXIS
 from neurotransfer.train.module import TaskModule
+
+
+def _values(module: TaskModule, feats: torch.Tensor) -> torch.Tensor:
+    out = module.head(feats).reshape(-1).float()
+    if module.kind == "binary":
+        return torch.sigmoid(out)
+    return out * module.target_std + module.target_mean
 
 
 @torch.no_grad()
 def predict_frame(
-    module: TaskModule, loader: DataLoader, split: str, device: str | torch.device = "cpu"
+    module: TaskModule,
+    loader: DataLoader,
+    split: str,
+    device: str | torch.device = "cpu",
+    flip_tta: bool = False,
 ) -> tuple[pd.DataFrame, np.ndarray]:
-    """Predictions (probability or years) per subject and the backbone features `[N, F]`."""
+    """Predictions (probability or years) per subject and the backbone features `[N, F]`.
+
+    With `flip_tta` each prediction is the mean of those for the volume and its left-right
+    mirror image (test-time augmentation with the flip training already applies; brains are
+    near-symmetric). The features stay those of the volume as given.
+    """
     module = module.to(device).eval()
     rows: list[pd.DataFrame] = []
     features: list[np.ndarray] = []
     for batch in loader:
         images = batch["image"].to(device)
         feats = module.features(images)
-        out = module.head(feats).reshape(-1).float()
-        if module.kind == "binary":
-            values = torch.sigmoid(out)
-        else:
-            values = out * module.target_std + module.target_mean
+        values = _values(module, feats)
+        if flip_tta:
+            # [B, C, *spatial]: spatial axis a is tensor dimension a + 2.
+            mirrored = torch.flip(images, dims=[LEFT_RIGHT_AXIS + 2])
+            values = (values + _values(module, module.features(mirrored))) / 2
         features.append(feats.float().cpu().numpy())
         rows.append(
             pd.DataFrame(

@@ -114,6 +114,7 @@ def score_splits(
     ci_level: float,
     seed: int,
     device: str = "cpu",
+    flip_tta: bool = False,
 ) -> list[dict[str, Any]]:
     """Headline metric with bootstrap interval on each evaluated split that has subjects."""
     from neurotransfer.evaluation.bootstrap import bootstrap_metrics
@@ -122,7 +123,7 @@ def score_splits(
 
     def predict(split: str) -> pd.DataFrame:
         loader = datamodule.dataloader(split, augment=False, shuffle=False)
-        return predict_frame(module, loader, split, device)[0]
+        return predict_frame(module, loader, split, device, flip_tta)[0]
 
     correction = None
     if kind == "regression":
@@ -190,6 +191,7 @@ def run_scaling_task(
                 ev.ci_level,
                 ev.seed,
                 device,
+                ev.flip_tta,
             )
             for score in scores:
                 rows.append(
