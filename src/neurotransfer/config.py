@@ -588,6 +588,9 @@ class FinetuneSettings(Strict):
     warmup_epochs: NonNegativeInt = 1
     layer_decay: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     early_stopping_patience: NonNegativeInt = 5
+    # The weights kept: the best validation epoch's, or the last epoch's (the whole schedule
+    # run; needs early_stopping_patience 0). The validation metric is logged either way.
+    select_epoch: Literal["best", "last"] = "best"
     precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     devices: PositiveInt | Literal["auto"] = 1
@@ -606,6 +609,16 @@ class FinetuneSettings(Strict):
     num_workers: NonNegativeInt = 0
     seed: NonNegativeInt = 0
     deterministic: bool = True
+
+    @model_validator(mode="after")
+    def _last_epoch_runs_the_schedule(self) -> FinetuneSettings:
+        if self.select_epoch == "last" and self.early_stopping_patience > 0:
+            raise ValueError(
+                "select_epoch 'last' keeps the end of the whole schedule, but "
+                f"early_stopping_patience is {self.early_stopping_patience}: set it to 0 "
+                "(no early stopping) or select_epoch to 'best'"
+            )
+        return self
 
 
 class EvaluateSettings(Strict):

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from neurotransfer.config import FinetuneSettings
 from neurotransfer.train.checkpoint import MODEL_FILE, save_task_model
-from neurotransfer.train.fit import fit_task_model
+from neurotransfer.train.fit import FitResult, fit_task_model
 from neurotransfer.train.module import OptimConfig, TaskModule, layerwise_param_groups
 from neurotransfer.train.predict import predict_frame
 from neurotransfer.train.schedules import warmup_cosine_factor
@@ -79,13 +79,22 @@ def make_module(kind: str, **optim: object) -> TaskModule:
     )
 
 
-def train(kind: str, **optim: object) -> tuple[TaskModule, float]:
+def fit(kind: str, select_epoch: str = "best", **optim: object) -> tuple[TaskModule, FitResult]:
     L.seed_everything(0, workers=True)
     module = make_module(kind, **optim)
     settings = FinetuneSettings(
-        max_epochs=8, accelerator="cpu", precision="32", early_stopping_patience=0
+        max_epochs=8,
+        accelerator="cpu",
+        precision="32",
+        early_stopping_patience=0,
+        select_epoch=select_epoch,
     )
     result = fit_task_model(module, SignalDataModule(kind), settings, enable_progress_bar=False)
+    return module, result
+
+
+def train(kind: str, **optim: object) -> tuple[TaskModule, float]:
+    module, result = fit(kind, **optim)
     return module, result.best_score
 
 
@@ -178,3 +187,26 @@ def test_flip_tta_averages_a_volume_and_its_left_right_mirror() -> None:
     expected = (plain["prediction"] + plain_mirror["prediction"]) / 2
     np.testing.assert_allclose(tta["prediction"], expected, rtol=1e-5)
     np.testing.assert_array_equal(tta_feats, feats)  # features: the volume as given
+
+
+def _val_mae(module: TaskModule) -> float:
+    val = SignalDataModule("regression").val_set
+    frame, _ = predict_frame(module, DataLoader(val, batch_size=16), "val")
+    return float(np.abs(frame["prediction"] - frame["target"]).mean())
+
+
+@pytest.mark.slow
+def test_select_epoch_keeps_the_best_or_the_last_epochs_weights() -> None:
+    best_module, best = fit("regression", select_epoch="best")
+    last_module, last = fit("regression", select_epoch="last")
+    # Same seed, same schedule: the two runs differ only in the weights they keep.
+    assert last.best_epoch == last.epochs_run - 1 == 7
+    assert best.best_score <= last.best_score
+    # The loaded weights are the selected epoch's: they reproduce that epoch's validation MAE.
+    assert _val_mae(best_module) == pytest.approx(best.best_score, rel=1e-4)
+    assert _val_mae(last_module) == pytest.approx(last.best_score, rel=1e-4)
+
+
+def test_select_last_epoch_refuses_early_stopping() -> None:
+    with pytest.raises(ValueError, match="early_stopping_patience is 5: set it to 0"):
+        FinetuneSettings(select_epoch="last", early_stopping_patience=5)

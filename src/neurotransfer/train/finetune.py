@@ -203,6 +203,7 @@ def run_finetune(
         "init": init_record,
         "mode": ft.mode,
         "seed": ft.seed,
+        "select_epoch": ft.select_epoch,
         "best_epoch": result.best_epoch,
         "monitor": result.monitor,
         "best_score": result.best_score,
@@ -217,6 +218,8 @@ def run_finetune(
         "init": init_record["source"],
         "n_train": len(train_frame),
         "n_val": len(val_frame),
+        # With select_epoch "last" the "best" entries describe the last epoch, the one kept.
+        "select_epoch": ft.select_epoch,
         f"best_{result.monitor}": result.best_score,
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,

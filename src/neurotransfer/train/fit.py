@@ -33,12 +33,14 @@ class FitResult:
 class BestWeights(Callback):
     """Keep the best validation epoch's weights in memory (no pickled checkpoint files).
 
+    With ``keep_last`` it keeps the last validated epoch's weights instead (and that epoch's
+    score): the full schedule's end point, for validation sets too small to pick an epoch from.
     The fine-tuned model is saved once, as safetensors, after training; nothing on disk is
     written mid-run, so a run killed at any point leaves no partial model behind.
     """
 
-    def __init__(self, monitor: str, mode: str) -> None:
-        self.monitor, self.mode = monitor, mode
+    def __init__(self, monitor: str, mode: str, keep_last: bool = False) -> None:
+        self.monitor, self.mode, self.keep_last = monitor, mode, keep_last
         self.best_score = -math.inf if mode == "max" else math.inf
         self.best_epoch = -1
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -51,7 +53,7 @@ class BestWeights(Callback):
             return
         score = float(value)
         better = score > self.best_score if self.mode == "max" else score < self.best_score
-        if better or self.best_state is None:
+        if better or self.keep_last or self.best_state is None:
             self.best_score, self.best_epoch = score, trainer.current_epoch
             self.best_state = {
                 k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()
@@ -130,9 +132,10 @@ def fit_task_model(
     extra_callbacks: list[Callback] | None = None,
     **trainer_overrides: Any,
 ) -> FitResult:
-    """Train with early stopping on the validation metric; leave the best epoch's weights loaded."""
+    """Train with early stopping on the validation metric; leave the best epoch's weights loaded
+    (or, with ``settings.select_epoch == "last"``, the last epoch's)."""
     monitor, mode = module.monitor
-    best = BestWeights(monitor, mode)
+    best = BestWeights(monitor, mode, keep_last=settings.select_epoch == "last")
     callbacks: list[Callback] = [best, *(extra_callbacks or [])]
     if settings.early_stopping_patience > 0:
         callbacks.append(
