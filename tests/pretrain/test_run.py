@@ -199,3 +199,37 @@ def test_ssl_masked_on_vit3d_uses_the_model_patches(tmp_path: Path) -> None:
     metrics, meta = read_outputs(root)
     check_common(metrics, meta, "ssl", "vit3d")
     assert meta["training"]["masked"]["patch_size"] == 4
+
+
+def without_pool(root: Path) -> Path:
+    """Turn the fake project's pool into downstream subjects (data like IXI-HH has no pool)."""
+    manifest = root / "data" / "processed" / "manifest.csv"
+    rows = pd.read_csv(manifest, dtype=str)
+    rows["role"], rows["split"] = "downstream", "train"
+    rows.to_csv(manifest, index=False)
+    return manifest
+
+
+def test_without_a_pool_scratch_runs_and_skips_the_probe(tmp_path: Path) -> None:
+    root = make_project(tmp_path)
+    manifest = without_pool(root)
+    metrics = run_pretrain(settings({"source": "scratch"}), root)
+    on_disk, meta = read_outputs(root)
+    assert on_disk["probe"]["skipped"].startswith(f"{manifest}: no upstream pool")
+    assert "mae" not in on_disk["probe"] and metrics["n_volumes"] == 0
+    assert meta["data"]["pool_scans"] == 0
+    assert (root / "dvclive" / "pretrain" / "plots" / "metrics").is_dir()
+
+
+def test_without_a_pool_the_sources_that_need_one_say_so(tmp_path: Path) -> None:
+    root = make_project(tmp_path)
+    without_pool(root)
+    with pytest.raises(ValueError, match="no rows with role == 'pool'"):
+        run_pretrain(settings({"source": "ssl", "objectives": ["masked"], **TRAINING}), root)
+    # The synthesize stage left its note instead of a dataset: pretrain quotes it.
+    note = root / "data" / "synthetic" / "SKIPPED.md"
+    note.parent.mkdir(parents=True)
+    note.write_text("synthesize skipped: no upstream pool scans\n")
+    with pytest.raises(FileNotFoundError, match="not found \\(synthesize skipped: no upstream"):
+        run_pretrain(settings({"source": "synthetic", "objectives": ["masked"], **TRAINING}), root)
+    assert not (root / "models" / "pretrained").exists()

@@ -18,6 +18,7 @@ from neurotransfer.evaluation.serialization import json_ready
 from neurotransfer.synth import pipeline
 from neurotransfer.synth.bundle import to_legacy_layout
 from neurotransfer.synth.networks import build_autoencoder, build_unet
+from neurotransfer.synth.pool import has_pool
 from neurotransfer.synth.store import load_ldm
 from tests.synth.helpers import SHAPE, needs_einops, randomise, tiny_settings
 from tests.synth.phantoms import write_phantom_pool
@@ -158,3 +159,29 @@ def test_cli_without_a_synthesize_block_exits_2_naming_it(
     params.write_text(yaml.safe_dump(raw), encoding="utf-8")
     assert main(["--params", str(params), "synthesize"]) == 2
     assert "no `synthesize` block" in capsys.readouterr().err
+
+
+def write_downstream_only(root: Path) -> Path:
+    """A processed manifest with downstream subjects only (like IXI-HH): no pool rows."""
+    write_phantom_pool(root, n_pool=8, shape=SHAPE)
+    manifest = root / "data" / "processed" / "manifest.csv"
+    rows = pd.read_csv(manifest, dtype=str)
+    rows["role"], rows["split"] = "downstream", "train"
+    rows.to_csv(manifest, index=False)
+    return manifest
+
+
+def test_without_a_pool_the_stage_writes_notes_and_records_the_skip(tmp_path: Path) -> None:
+    manifest = write_downstream_only(tmp_path)
+    assert not has_pool(manifest)
+
+    metrics = pipeline.run_synthesize(tiny_settings(), tmp_path)
+
+    assert "no upstream pool" in metrics["skipped"] and str(manifest) in metrics["skipped"]
+    for output in OUTPUTS:  # every declared output exists, holding only the note
+        assert [p.name for p in (tmp_path / output).iterdir()] == ["SKIPPED.md"]
+        assert "no upstream pool" in (tmp_path / output / "SKIPPED.md").read_text()
+    for network in ("autoencoder", "diffusion"):
+        assert (tmp_path / "dvclive" / "synthesize" / network / "plots" / "metrics").is_dir()
+    assert not (tmp_path / "models" / "ldm" / "autoencoder.safetensors").exists()
+    assert hidden_leftovers(tmp_path) == []

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from neurotransfer.config import SettingsError
 from neurotransfer.data import read_cached_volume, read_manifest
+from neurotransfer.synth.pool import SKIPPED_NOTE, pool_rows
 
 Shape3D = tuple[int, int, int]
 
@@ -67,11 +68,15 @@ class PoolScans:
         }
 
 
-def read_pool_scans(manifest_path: Path, root: Path) -> PoolScans:
-    """The upstream pool's scans (``role == pool`` and ``split == pool``), labels optional."""
+def read_pool_scans(manifest_path: Path, root: Path, required: bool = True) -> PoolScans:
+    """The upstream pool's scans (``role == pool`` and ``split == pool``), labels optional.
+
+    Without pool rows it raises when `required`, else returns no rows (data with downstream
+    datasets only, e.g. IXI-HH: sources that do not train on the pool still run).
+    """
     manifest = read_manifest(manifest_path)
-    pool = manifest[(manifest["role"] == "pool") & (manifest["split"] == "pool")]
-    if pool.empty:
+    pool = manifest[pool_rows(manifest)]
+    if pool.empty and required:
         raise ValueError(
             f"{manifest_path}: no rows with role == 'pool' and split == 'pool'; pre-training "
             "(and its age probe) reads the upstream pool"
@@ -128,9 +133,11 @@ def read_synthetic_scans(folder: Path, covariates: Sequence[str]) -> SyntheticSc
     covariate columns must exist and be numeric without gaps."""
     table_path = folder / "participants.tsv"
     if not table_path.is_file():
+        skipped = Path(folder) / SKIPPED_NOTE
+        why = f" ({skipped.read_text(encoding='utf-8').strip()})" if skipped.is_file() else ""
         raise FileNotFoundError(
-            f"{table_path}: synthetic dataset not found (run `dvc repro synthesize`, or set "
-            "pretrain.synthetic_dir)"
+            f"{table_path}: synthetic dataset not found{why} (run `dvc repro synthesize`, or "
+            "set pretrain.synthetic_dir)"
         )
     table = pd.read_csv(table_path, sep="\t", dtype={"participant_id": str})
     missing = [c for c in covariates if c not in table.columns]

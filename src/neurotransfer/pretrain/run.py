@@ -149,7 +149,8 @@ def run_pretrain(settings: Settings, root: Path = Path(".")) -> dict[str, Any]:
     check_pretrain_settings(settings)
     shape = tuple(settings.data.preprocess.shape)
     manifest = root / settings.data.processed_dir / "manifest.csv"
-    pool = pdata.read_pool_scans(manifest, root)
+    # Only ssl trains on the pool; without one the other sources run and the probe is skipped.
+    pool = pdata.read_pool_scans(manifest, root, required=cfg.source == "ssl")
     log_dir = root / cfg.log_dir
     shutil.rmtree(log_dir, ignore_errors=True)  # no curves of a previous source linger
 
@@ -212,15 +213,23 @@ def run_pretrain(settings: Settings, root: Path = Path(".")) -> dict[str, Any]:
     meta["data"].update(pool.data_record())
 
     device = resolve_device(cfg.accelerator)
-    features = extract_features(
-        backbone,
-        lambda path: pdata.read_pool_array(path, shape),
-        list(pool.rows["path"]),
-        cfg.batch_size,
-        device,
-    )
+    if pool.rows.empty:
+        probe: dict[str, Any] = {
+            "target": "age",
+            "skipped": f"{manifest}: no upstream pool (role == pool) to probe the features on",
+        }
+    else:
+        features = extract_features(
+            backbone,
+            lambda path: pdata.read_pool_array(path, shape),
+            list(pool.rows["path"]),
+            cfg.batch_size,
+            device,
+        )
+        probe = age_probe(
+            features, pool.rows, cfg.probe.val_fraction, cfg.probe.ridge_alphas, cfg.seed
+        )
     backbone.cpu()
-    probe = age_probe(features, pool.rows, cfg.probe.val_fraction, cfg.probe.ridge_alphas, cfg.seed)
     # The probe goes to metrics/pretrain.json only: meta.json describes the weights, so a change
     # in how they are scored does not change models/pretrained and re-run every fine-tuning.
 
@@ -255,6 +264,9 @@ def log_probe(log_dir: Path, probe: dict[str, Any], resume: bool) -> None:
         for key in ("mae", "r2"):
             if probe.get(key) is not None:
                 live.log_metric(f"probe/age_{key}", float(probe[key]))
+    # dvc.yaml declares the curves as plots: without a pool probe (and a source that does not
+    # train) there are none, but the folder exists.
+    (log_dir / "plots" / "metrics").mkdir(parents=True, exist_ok=True)
 
 
 def _json_ready(value: Any) -> Any:

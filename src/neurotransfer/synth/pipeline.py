@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ from neurotransfer.synth.networks import (
     latent_shape,
     require_einops,
 )
-from neurotransfer.synth.pool import holdout_mask, load_volumes, read_pool
+from neurotransfer.synth.pool import SKIPPED_NOTE, has_pool, holdout_mask, load_volumes, read_pool
 from neurotransfer.synth.sampling import resample_to_grid, resolve_device, sample_volumes
 from neurotransfer.synth.store import participant_ids, save_ldm, write_synthetic_dataset
 from neurotransfer.synth.training import (
@@ -412,9 +413,33 @@ def write_outputs(
         ).to_csv(figures / "memorisation.csv", index=False, float_format="%.6g")
 
 
+def skip_without_pool(settings: Settings, root: Path, manifest_path: Path) -> dict[str, Any]:
+    """Data without an upstream pool (downstream datasets only) has nothing to train the LDM
+    on: each output folder gets a note saying so, and the metrics record the skip. Every
+    pre-training source but ``synthetic`` (which then stops, quoting the note) still runs."""
+    config = synthesize_settings(settings)
+    reason = (
+        f"{manifest_path}: no upstream pool scans (role == pool), so no diffusion model was "
+        "trained and no synthetic volumes were sampled"
+    )
+    for folder in (config.model_dir, config.out_dir, config.report_dir):
+        with atomic_directory(root / folder) as tmp:
+            (tmp / SKIPPED_NOTE).write_text(f"synthesize skipped: {reason}\n", encoding="utf-8")
+    # dvc.yaml declares the training curves as plots: they exist, with no curves in them.
+    log_dir = root / config.log_dir
+    shutil.rmtree(log_dir, ignore_errors=True)
+    for network in ("autoencoder", "diffusion"):
+        (log_dir / network / "plots" / "metrics").mkdir(parents=True)
+    log.warning("synthesize skipped: %s", reason)
+    return {"source": config.source, "skipped": reason}
+
+
 def run_synthesize(settings: Settings, root: Path) -> dict[str, Any]:
     """Run the whole stage under ``root``; return the metrics (the caller writes them)."""
     config = synthesize_settings(settings)
+    manifest_path = root / settings.data.processed_dir / "manifest.csv"
+    if not has_pool(manifest_path):
+        return skip_without_pool(settings, root, manifest_path)
     require_einops()
     sampling_grid, latent = model_grid(settings)
     output_grid: Grid = (

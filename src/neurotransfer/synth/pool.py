@@ -20,6 +20,13 @@ import numpy as np
 import pandas as pd
 
 REQUIRED_COLUMNS = ("subject_id", "role", "split", "age", "sex", "path")
+# Written into the synthesize stage's output folders when the data has no pool to learn from.
+SKIPPED_NOTE = "SKIPPED.md"
+
+
+def pool_rows(manifest: pd.DataFrame) -> pd.Series:
+    """Which manifest rows are the upstream pool: ``role == "pool"`` and ``split == "pool"``."""
+    return (manifest["role"] == "pool") & (manifest["split"] == "pool")
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,14 @@ class PoolTable:
     excluded: pd.DataFrame  # subject_id, path, reason
 
 
+def has_pool(manifest_path: Path) -> bool:
+    """Whether the manifest lists any upstream pool scans (downstream-only data has none)."""
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{manifest_path}: manifest not found (run `preprocess` first)")
+    manifest = pd.read_csv(manifest_path, usecols=["role", "split"], dtype=str)
+    return bool(pool_rows(manifest).any())
+
+
 def read_pool(manifest_path: Path, root: Path) -> PoolTable:
     """Read the pool rows of ``data/processed/manifest.csv`` (paths relative to ``root``)."""
     if not manifest_path.is_file():
@@ -38,7 +53,7 @@ def read_pool(manifest_path: Path, root: Path) -> PoolTable:
     missing = [c for c in REQUIRED_COLUMNS if c not in manifest.columns]
     if missing:
         raise ValueError(f"{manifest_path}: missing column(s) {missing}")
-    pool = manifest[(manifest["role"] == "pool") & (manifest["split"] == "pool")].copy()
+    pool = manifest[pool_rows(manifest)].copy()
     if pool.empty:
         raise ValueError(f"{manifest_path}: no rows with role == 'pool' and split == 'pool'")
 
