@@ -20,6 +20,7 @@ from neurotransfer.pretrain.data import read_synthetic_scans
 from neurotransfer.pretrain.probe import age_probe
 from neurotransfer.pretrain.run import run_pretrain
 from tests.pretrain.helpers import SHAPE, make_project, settings
+from tests.synth.phantoms import drop_pool_role
 
 TRAINING = {"epochs": 1, "batch_size": 4, "warmup_epochs": 0, "lr": 1e-3}
 
@@ -201,18 +202,9 @@ def test_ssl_masked_on_vit3d_uses_the_model_patches(tmp_path: Path) -> None:
     assert meta["training"]["masked"]["patch_size"] == 4
 
 
-def without_pool(root: Path) -> Path:
-    """Turn the fake project's pool into downstream subjects (data like IXI-HH has no pool)."""
-    manifest = root / "data" / "processed" / "manifest.csv"
-    rows = pd.read_csv(manifest, dtype=str)
-    rows["role"], rows["split"] = "downstream", "train"
-    rows.to_csv(manifest, index=False)
-    return manifest
-
-
 def test_without_a_pool_scratch_runs_and_skips_the_probe(tmp_path: Path) -> None:
     root = make_project(tmp_path)
-    manifest = without_pool(root)
+    manifest = drop_pool_role(root)
     metrics = run_pretrain(settings({"source": "scratch"}), root)
     on_disk, meta = read_outputs(root)
     assert on_disk["probe"]["skipped"].startswith(f"{manifest}: no upstream pool")
@@ -223,7 +215,7 @@ def test_without_a_pool_scratch_runs_and_skips_the_probe(tmp_path: Path) -> None
 
 def test_without_a_pool_the_sources_that_need_one_say_so(tmp_path: Path) -> None:
     root = make_project(tmp_path)
-    without_pool(root)
+    drop_pool_role(root)
     with pytest.raises(ValueError, match="no rows with role == 'pool'"):
         run_pretrain(settings({"source": "ssl", "objectives": ["masked"], **TRAINING}), root)
     # The synthesize stage left its note instead of a dataset: pretrain quotes it.

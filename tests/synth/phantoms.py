@@ -91,3 +91,13 @@ def write_phantom_pool(
     manifest = out / "manifest.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
     return manifest
+
+
+def drop_pool_role(root: Path) -> Path:
+    """Make the processed manifest's pool subjects downstream training subjects: data with no
+    upstream pool, like IXI-HH. Returns the manifest's path."""
+    manifest = root / "data" / "processed" / "manifest.csv"
+    rows = pd.read_csv(manifest, dtype=str)
+    rows["role"], rows["split"] = "downstream", "train"
+    rows.to_csv(manifest, index=False)
+    return manifest

@@ -21,7 +21,7 @@ from neurotransfer.synth.networks import build_autoencoder, build_unet
 from neurotransfer.synth.pool import has_pool
 from neurotransfer.synth.store import load_ldm
 from tests.synth.helpers import SHAPE, needs_einops, randomise, tiny_settings
-from tests.synth.phantoms import write_phantom_pool
+from tests.synth.phantoms import drop_pool_role, write_phantom_pool
 
 OUTPUTS = ("models/ldm", "data/synthetic", "reports/synthetic")
 
@@ -161,18 +161,9 @@ def test_cli_without_a_synthesize_block_exits_2_naming_it(
     assert "no `synthesize` block" in capsys.readouterr().err
 
 
-def write_downstream_only(root: Path) -> Path:
-    """A processed manifest with downstream subjects only (like IXI-HH): no pool rows."""
-    write_phantom_pool(root, n_pool=8, shape=SHAPE)
-    manifest = root / "data" / "processed" / "manifest.csv"
-    rows = pd.read_csv(manifest, dtype=str)
-    rows["role"], rows["split"] = "downstream", "train"
-    rows.to_csv(manifest, index=False)
-    return manifest
-
-
 def test_without_a_pool_the_stage_writes_notes_and_records_the_skip(tmp_path: Path) -> None:
-    manifest = write_downstream_only(tmp_path)
+    write_phantom_pool(tmp_path, n_pool=8, shape=SHAPE)
+    manifest = drop_pool_role(tmp_path)
     assert not has_pool(manifest)
 
     metrics = pipeline.run_synthesize(tiny_settings(), tmp_path)
