@@ -49,9 +49,19 @@ def test_every_grid_point_composes_and_validates(name: str) -> None:
     assert points, f"{name}: empty grid"
     for point in points:
         validate_point(name, point, CONF)
-    # The fixed parts are paper scale.
+    # The papers' fixed parts are paper scale; the IXI-HH check is sized for this CPU machine.
     raw = yaml.safe_load(compose_params([f"experiment={name}"], CONF))
-    assert raw["profile"] == "gpu"
+    assert raw["profile"] == ("cpu" if name == "ixi_hh_cpu" else "gpu")
+
+
+def test_ixi_grid_is_seeds_of_one_real_data_recipe() -> None:
+    points = expand_grid(load_experiment("ixi_hh_cpu", CONF))
+    assert [p.overrides for p in points] == [(f"finetune.seed={s}",) for s in (0, 1, 2)]
+    settings = settings_from_dict(yaml.safe_load(compose_params(["experiment=ixi_hh_cpu"], CONF)))
+    assert settings.data.name == "ixi_hh"
+    assert sorted(settings.tasks) == ["brain_age", "sex"]
+    assert settings.finetune.select_epoch == "last"
+    assert settings.evaluate.flip_tta
 
 
 def test_video_synthetic_grid_is_architectures_by_initialisations() -> None:
