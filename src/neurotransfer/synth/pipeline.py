@@ -413,11 +413,12 @@ def write_outputs(
         ).to_csv(figures / "memorisation.csv", index=False, float_format="%.6g")
 
 
-def skip_without_pool(settings: Settings, root: Path, manifest_path: Path) -> dict[str, Any]:
+def skip_without_pool(
+    config: SynthesizeSettings, root: Path, manifest_path: Path
+) -> dict[str, Any]:
     """Data without an upstream pool (downstream datasets only) has nothing to train the LDM
     on: each output folder gets a note saying so, and the metrics record the skip. Every
     pre-training source but ``synthetic`` (which then stops, quoting the note) still runs."""
-    config = synthesize_settings(settings)
     reason = (
         f"{manifest_path}: no upstream pool scans (role == pool), so no diffusion model was "
         "trained and no synthetic volumes were sampled"
@@ -439,7 +440,7 @@ def run_synthesize(settings: Settings, root: Path) -> dict[str, Any]:
     config = synthesize_settings(settings)
     manifest_path = root / settings.data.processed_dir / "manifest.csv"
     if not has_pool(manifest_path):
-        return skip_without_pool(settings, root, manifest_path)
+        return skip_without_pool(config, root, manifest_path)
     require_einops()
     sampling_grid, latent = model_grid(settings)
     output_grid: Grid = (

@@ -111,7 +111,11 @@ class TaskModule(L.LightningModule):
 
     def predict_values(self, images: torch.Tensor) -> torch.Tensor:
         """Predictions in task units: probability of the positive class, or years."""
-        out = self(images).float()
+        return self.to_task_units(self(images))
+
+    def to_task_units(self, out: torch.Tensor) -> torch.Tensor:
+        """Raw outputs (logits or standardised values) as probabilities or years."""
+        out = out.float()
         if self.kind == "binary":
             return torch.sigmoid(out)
         return out * self.target_std + self.target_mean
@@ -138,10 +142,9 @@ class TaskModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         loss, out = self._loss(batch)
         target = batch["target"].float().reshape(-1)
-        if self.kind == "binary":
-            self.val_metric.update(torch.sigmoid(out), target.long())
-        else:
-            self.val_metric.update(out * self.target_std + self.target_mean, target)
+        self.val_metric.update(
+            self.to_task_units(out), target.long() if self.kind == "binary" else target
+        )
         self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(target))
 
     def on_validation_epoch_end(self) -> None:

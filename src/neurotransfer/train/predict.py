@@ -11,13 +11,6 @@ from neurotransfer.data.datamodule import LEFT_RIGHT_AXIS
 from neurotransfer.train.module import TaskModule
 
 
-def _values(module: TaskModule, feats: torch.Tensor) -> torch.Tensor:
-    out = module.head(feats).reshape(-1).float()
-    if module.kind == "binary":
-        return torch.sigmoid(out)
-    return out * module.target_std + module.target_mean
-
-
 @torch.no_grad()
 def predict_frame(
     module: TaskModule,
@@ -38,11 +31,11 @@ def predict_frame(
     for batch in loader:
         images = batch["image"].to(device)
         feats = module.features(images)
-        values = _values(module, feats)
+        values = module.to_task_units(module.head(feats).reshape(-1))
         if flip_tta:
             # [B, C, *spatial]: spatial axis a is tensor dimension a + 2.
             mirrored = torch.flip(images, dims=[LEFT_RIGHT_AXIS + 2])
-            values = (values + _values(module, module.features(mirrored))) / 2
+            values = (values + module.predict_values(mirrored)) / 2
         features.append(feats.float().cpu().numpy())
         rows.append(
             pd.DataFrame(
