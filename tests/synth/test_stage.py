@@ -176,3 +176,12 @@ def test_without_a_pool_the_stage_writes_notes_and_records_the_skip(tmp_path: Pa
         assert (tmp_path / "dvclive" / "synthesize" / network / "plots" / "metrics").is_dir()
     assert not (tmp_path / "models" / "ldm" / "autoencoder.safetensors").exists()
     assert hidden_leftovers(tmp_path) == []
+
+
+def test_a_manifest_without_roles_is_an_error_naming_it(tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame({"subject_id": ["s1"], "path": ["s1.npy"]}).to_csv(manifest, index=False)
+    with pytest.raises(ValueError, match=r"manifest\.csv: missing column\(s\) \['role', 'split'\]"):
+        has_pool(manifest)
+    with pytest.raises(FileNotFoundError, match=r"nope\.csv: manifest not found"):
+        has_pool(tmp_path / "nope.csv")

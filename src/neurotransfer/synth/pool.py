@@ -41,7 +41,10 @@ def has_pool(manifest_path: Path) -> bool:
     """Whether the manifest lists any upstream pool scans (downstream-only data has none)."""
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{manifest_path}: manifest not found (run `preprocess` first)")
-    manifest = pd.read_csv(manifest_path, usecols=["role", "split"], dtype=str)
+    manifest = pd.read_csv(manifest_path, dtype=str)
+    missing = [c for c in ("role", "split") if c not in manifest.columns]
+    if missing:
+        raise ValueError(f"{manifest_path}: missing column(s) {missing}")
     return bool(pool_rows(manifest).any())
 
 
