@@ -608,7 +608,19 @@ class FinetuneSettings(Strict):
     cudnn_benchmark: bool = False
     num_workers: NonNegativeInt = 0
     seed: NonNegativeInt = 0
+    # A deep ensemble (Lakshminarayanan et al. 2017): the recipe is run ensemble_size times
+    # with the seeds of `member_seeds`, and evaluate averages the members' predictions
+    # (probabilities or years). 1 is a single model.
+    ensemble_size: PositiveInt = 1
     deterministic: bool = True
+
+    def member_seeds(self) -> list[int]:
+        """The ensemble's training seeds: ``seed * ensemble_size + k`` for member k.
+
+        Disjoint across `seed`, so a seed sweep of ensembles gives independent ensembles (seed
+        0 of size 5 trains seeds 0-4, seed 1 trains 5-9); with one member it is `seed` itself.
+        """
+        return [self.seed * self.ensemble_size + k for k in range(self.ensemble_size)]
 
     @model_validator(mode="after")
     def _last_epoch_runs_the_schedule(self) -> FinetuneSettings:

@@ -15,9 +15,9 @@ import yaml
 from neurotransfer.compose import compose_params
 from neurotransfer.config import Settings, SettingsError, settings_from_dict
 from neurotransfer.train.scaling import CURVE_COLUMNS, nested_subsets, subject_order
+from tests.train.cached_cohort import SHAPE, write_cohort
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-SHAPE = (16, 16, 16)
 
 
 def train_frame(n: int, seed: int = 0) -> pd.DataFrame:
@@ -108,37 +108,6 @@ def test_profiles_size_scaling() -> None:
 # ---------------------------------------------------------------------------------------------
 # the stage on a small cached cohort whose volumes carry the label
 # ---------------------------------------------------------------------------------------------
-def write_cohort(root: Path, n_train: int = 64, signal: float = 0.5, seed: int = 0) -> None:
-    """A manifest + fp16 volumes: AD subjects are brighter by `signal` on average, blurred by a
-    per-volume intensity offset (sd 0.3), so the classes overlap and data helps."""
-    rng = np.random.default_rng(seed)
-    splits = ["train"] * n_train + ["val"] * 24 + ["test"] * 30 + ["ood_test"] * 30
-    rows = []
-    for i, split in enumerate(splits):
-        ad = i % 2 == 0
-        site = "siteC" if split == "ood_test" else ("siteA" if i % 3 else "siteB")
-        volume = rng.normal(0.0, 1.0, SHAPE) + (signal if ad else 0.0)
-        volume += rng.normal(0.0, 0.3)
-        rel = Path("data/processed/adni") / f"sub-{i:03d}.npy"
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        np.save(root / rel, volume.astype(np.float16))
-        rows.append(
-            {
-                "subject_id": f"sub-{i:03d}",
-                "dataset": "adni",
-                "site": site,
-                "role": "downstream",
-                "age": float(rng.uniform(55, 85)),
-                "sex": "M" if i % 4 < 2 else "F",
-                "diagnosis": "AD" if ad else "CN",
-                "split": split,
-                "path": rel.as_posix(),
-                "exclusion_reason": "",
-            }
-        )
-    pd.DataFrame(rows).to_csv(root / "data/processed/manifest.csv", index=False)
-
-
 def tiny_settings(fractions: list[float], seeds: list[int], max_epochs: int = 6) -> Settings:
     raw = yaml.safe_load(compose_params([], CONF))
     raw["data"]["preprocess"]["shape"] = list(SHAPE)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from neurotransfer.config import FinetuneSettings, Settings, SettingsError, TaskSettings
-from neurotransfer.train.checkpoint import save_task_model
+from neurotransfer.train.checkpoint import member_file, save_task_model
 from neurotransfer.train.fit import FitResult, fit_task_model
 from neurotransfer.train.module import OptimConfig, TaskModule
 
@@ -175,25 +176,62 @@ def train_task(
     return TrainedTask(module, result, init_record, train_frame, val_frame, target_mean, target_std)
 
 
+def member_log_dir(root: Path, task_name: str, index: int) -> Path:
+    """dvclive folder of ensemble member `index`: member 0 logs where a single model does (the
+    folder ``dvc.yaml`` declares), members k > 0 in ``members/<k>/`` beneath it."""
+    folder = root / "dvclive" / "finetune" / task_name
+    return folder if index == 0 else folder / "members" / str(index)
+
+
 def run_finetune(
     settings: Settings, task_name: str, root: Path = Path(".")
 ) -> dict[str, Any] | None:
     """Fine-tune `task_name`; write the model and return the metrics to record.
+
+    With ``finetune.ensemble_size`` > 1 the recipe runs once per member seed
+    (`FinetuneSettings.member_seeds`) and the members are saved together, once all have
+    trained: a run killed part-way leaves the previous model in place and restarts from the
+    first member.
 
     Under DDP every process trains, but only the global-zero process writes the model and gets
     the metrics back (the others return None), so no two processes write the same file.
     """
     task = task_settings(settings, task_name)
     ft = settings.finetune
-    trained = train_task(
-        settings, task_name, root, log_dir=root / "dvclive" / "finetune" / task_name
-    )
-    module, result, init_record = trained.module, trained.result, trained.init_record
-    train_frame, val_frame = trained.train_frame, trained.val_frame
-    target_mean, target_std = trained.target_mean, trained.target_std
+    seeds = ft.member_seeds()
+    stale_members = root / "dvclive" / "finetune" / task_name / "members"
+    # Logs of an earlier, larger ensemble. ignore_errors: under DDP every process gets here.
+    shutil.rmtree(stale_members, ignore_errors=True)
+    members: list[TrainedTask] = []
+    for index, seed in enumerate(seeds):
+        if len(seeds) > 1:
+            log.info("ensemble member %d of %d (seed %d)", index + 1, len(seeds), seed)
+        members.append(
+            train_task(
+                settings,
+                task_name,
+                root,
+                finetune=ft.model_copy(update={"seed": seed}),
+                log_dir=member_log_dir(root, task_name, index),
+            )
+        )
+    first = members[0]
+    result, init_record = first.result, first.init_record
+    train_frame, val_frame = first.train_frame, first.val_frame
 
     if not result.is_global_zero:
         return None
+    member_records = [
+        {
+            "seed": seed,
+            "file": member_file(index),
+            "best_epoch": trained.result.best_epoch,
+            "best_score": trained.result.best_score,
+            "epochs_run": trained.result.epochs_run,
+            "train_seconds": round(trained.result.seconds, 2),
+        }
+        for index, (seed, trained) in enumerate(zip(seeds, members, strict=True))
+    ]
     meta = {
         "task": task_name,
         "kind": task.kind,
@@ -207,11 +245,15 @@ def run_finetune(
         "best_epoch": result.best_epoch,
         "monitor": result.monitor,
         "best_score": result.best_score,
-        "target_mean": target_mean,
-        "target_std": target_std,
+        "target_mean": first.target_mean,
+        "target_std": first.target_std,
+        "ensemble_size": len(members),
+        "members": member_records,
     }
-    save_task_model(module, root / FINETUNED_DIR / task_name, meta)
-    return {
+    save_task_model([trained.module for trained in members], root / FINETUNED_DIR / task_name, meta)
+    seconds = sum(trained.result.seconds for trained in members)
+    epochs = sum(trained.result.epochs_run for trained in members)
+    metrics: dict[str, Any] = {
         "task": task_name,
         "kind": task.kind,
         "model": settings.model.name,
@@ -219,15 +261,25 @@ def run_finetune(
         "n_train": len(train_frame),
         "n_val": len(val_frame),
         # With select_epoch "last" the "best" entries describe the last epoch, the one kept.
+        # For an ensemble: the score is the members' mean, the epochs are member 0's, and
+        # `members` has each member's.
         "select_epoch": ft.select_epoch,
-        f"best_{result.monitor}": result.best_score,
+        f"best_{result.monitor}": float(np.mean([m.result.best_score for m in members])),
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
-        "train_seconds": round(result.seconds, 2),
-        "seconds_per_epoch": round(result.seconds / max(1, result.epochs_run), 3),
+        "train_seconds": round(seconds, 2),
+        "seconds_per_epoch": round(seconds / max(1, epochs), 3),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "host": platform.node() or "unknown",
         "trainable_parameters": int(
-            np.sum([p.numel() for p in module.parameters() if p.requires_grad])
+            np.sum([p.numel() for p in first.module.parameters() if p.requires_grad])
         ),
     }
+    if len(members) > 1:
+        metrics["ensemble_size"] = len(members)
+        # Keyed, not a list: `dvc metrics show/diff` flatten dicts into one column per value.
+        metrics["members"] = {
+            f"member{index}": {k: v for k, v in record.items() if k != "file"}
+            for index, record in enumerate(member_records)
+        }
+    return metrics

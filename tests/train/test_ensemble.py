@@ -1,0 +1,141 @@
+"""Deep ensembles (`finetune.ensemble_size`): member seeds, saved layout, averaged predictions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from neurotransfer.compose import compose_params
+from neurotransfer.config import FinetuneSettings, Settings, settings_from_dict
+from neurotransfer.train.checkpoint import (
+    MODEL_FILE,
+    load_task_models,
+    member_file,
+    save_task_model,
+)
+from neurotransfer.train.predict import member_column
+from tests.train.cached_cohort import SHAPE, write_cohort
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def test_member_seeds_are_disjoint_across_seeds_and_one_member_keeps_the_seed() -> None:
+    assert FinetuneSettings(seed=3).member_seeds() == [3]
+    first = FinetuneSettings(seed=0, ensemble_size=3).member_seeds()
+    second = FinetuneSettings(seed=1, ensemble_size=3).member_seeds()
+    assert first == [0, 1, 2] and second == [3, 4, 5]
+    with pytest.raises(ValueError, match="ensemble_size"):
+        FinetuneSettings(ensemble_size=0)
+
+
+def ensemble_settings(ensemble_size: int, seed: int) -> Settings:
+    raw = yaml.safe_load(compose_params([], CONF))
+    raw["data"]["preprocess"]["shape"] = list(SHAPE)
+    raw["data"]["augment"]["enabled"] = False
+    raw["model"]["options"] = {"channels": [4, 8, 8], "dropout": 0.0}
+    raw["finetune"].update(
+        {
+            "max_epochs": 4,
+            "early_stopping_patience": 0,
+            "lr": 1e-2,
+            "warmup_epochs": 0,
+            "seed": seed,
+            "ensemble_size": ensemble_size,
+        }
+    )
+    raw["evaluate"].update({"bootstrap_samples": 100, "ridge_baseline": False})
+    return settings_from_dict(raw)
+
+
+@pytest.fixture
+def cohort(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    from neurotransfer.models import build_backbone, save_backbone
+
+    write_cohort(tmp_path, n_train=48, signal=0.6)
+    monkeypatch.chdir(tmp_path)
+    settings = ensemble_settings(1, 0)
+    backbone = build_backbone(settings.model.name, SHAPE, **settings.model.options)
+    save_backbone(backbone, tmp_path / settings.pretrain.out_dir, {"source": "scratch"})
+    return tmp_path
+
+
+def test_ensemble_trains_saves_and_averages_its_members(cohort: Path) -> None:
+    from neurotransfer.stages import evaluate, finetune
+
+    task = SimpleNamespace(task="ad")
+    finetune.run(ensemble_settings(2, 1), task)
+
+    model_dir = cohort / "models/finetuned/ad"
+    assert sorted(p.name for p in model_dir.iterdir()) == [
+        "meta.json",
+        "model-1.safetensors",
+        MODEL_FILE,
+    ]
+    meta = json.loads((model_dir / "meta.json").read_text())
+    assert [m["seed"] for m in meta["members"]] == [2, 3]
+    recorded = json.loads((cohort / "metrics/finetune/ad.json").read_text())
+    assert recorded["ensemble_size"] == 2
+    assert [m["seed"] for m in recorded["members"].values()] == [2, 3]
+    member_log = cohort / "dvclive/finetune/ad/members/1/metrics.json"
+    assert member_log.is_file()
+    member0 = load_file(str(model_dir / MODEL_FILE))
+    member1 = load_file(str(model_dir / member_file(1)))
+    assert any(not torch.equal(member0[k], member1[k]) for k in member0)  # different seeds
+
+    evaluate.run(ensemble_settings(2, 1), task)
+    predictions = pd.read_csv(cohort / "reports/eval/ad/predictions.csv")
+    members = predictions[[member_column(0), member_column(1)]].to_numpy()
+    np.testing.assert_allclose(predictions["prediction"], members.mean(axis=1), rtol=1e-5)
+    assert not np.allclose(members[:, 0], members[:, 1])
+    scores = json.loads((cohort / "metrics/eval/ad.json").read_text())
+    assert [m["seed"] for m in scores["ensemble_members"].values()] == [2, 3]
+    assert list(scores["ensemble_members"]) == ["member0", "member1"]
+    for split in ("test", "ood_test"):
+        auc = scores["model_metrics"][split]["metrics"]["auc"]["value"]
+        assert auc > 0.7, (split, auc)  # the members learned the label, and so does their mean
+
+    # Member 0 is the single model of its seed: same data, same recipe, same weights.
+    finetune.run(ensemble_settings(1, 2), task)
+    single = load_file(str(model_dir / MODEL_FILE))
+    assert single.keys() == member0.keys()
+    assert all(torch.equal(single[k], member0[k]) for k in single)
+    assert sorted(p.name for p in model_dir.iterdir()) == ["meta.json", MODEL_FILE]
+    # The larger ensemble's member logs are gone with it.
+    assert not (cohort / "dvclive/finetune/ad/members").exists()
+    assert "ensemble_size" not in json.loads((cohort / "metrics/finetune/ad.json").read_text())
+
+
+def test_a_missing_member_file_is_named(tmp_path: Path) -> None:
+    from neurotransfer.models import TaskHead, build_backbone
+    from neurotransfer.train.module import OptimConfig, TaskModule
+
+    options = {"channels": [4, 8, 8], "dropout": 0.0}
+    modules = []
+    for _ in range(2):
+        backbone = build_backbone("sfcn", SHAPE, **options)
+        modules.append(
+            TaskModule(backbone, TaskHead(backbone.out_features), "binary", OptimConfig())
+        )
+    meta = {
+        "kind": "binary",
+        "model": "sfcn",
+        "model_options": options,
+        "input_shape": list(SHAPE),
+        "members": [{"seed": 0}, {"seed": 1}],
+    }
+    with pytest.raises(ValueError, match="2 ensemble members but meta"):
+        save_task_model(modules, tmp_path / "ad", {**meta, "members": [{"seed": 0}]})
+    save_task_model(modules, tmp_path / "ad", meta)
+    loaded, _ = load_task_models(tmp_path / "ad")
+    assert len(loaded) == 2
+    (tmp_path / "ad" / member_file(1)).unlink()
+    with pytest.raises(FileNotFoundError, match=r"model-1\.safetensors.*member 1 of 2"):
+        load_task_models(tmp_path / "ad")
