@@ -23,8 +23,13 @@ from neurotransfer.evaluation.baselines import (
     mean_predictor_baseline,
     ridge_voxel_baseline,
 )
-from neurotransfer.evaluation.bootstrap import evaluate_predictions
-from neurotransfer.evaluation.metrics import AgeBiasCorrection
+from neurotransfer.evaluation.bootstrap import evaluate_predictions, split_groups
+from neurotransfer.evaluation.metrics import (
+    AgeBiasCorrection,
+    binary_metrics,
+    regression_metrics,
+)
+from neurotransfer.evaluation.paired import DEFAULT_METRICS, paired_bootstrap
 from neurotransfer.evaluation.site_probe import openbhb_score, site_probe
 
 log = logging.getLogger(__name__)
@@ -56,15 +61,56 @@ def _volumes(predictions: pd.DataFrame, rows: pd.DataFrame, root: Path, factor: 
     )
 
 
+def member_point_metrics(evaluated: pd.DataFrame, column: str, kind: str) -> dict[str, Any]:
+    """Headline metrics of one ensemble member's predictions per evaluated split (raw years for
+    brain age: the bias correction is fitted on the ensemble's predictions)."""
+    scores: dict[str, Any] = {}
+    for split, rows in evaluated.groupby("split", sort=False):
+        if kind == "binary":
+            values = binary_metrics(rows["target"], rows[column])
+            scores[str(split)] = {k: values[k] for k in ("auc", "balanced_accuracy")}
+        else:
+            values = regression_metrics(rows["target"], rows[column])
+            scores[str(split)] = {k: values[k] for k in ("mae", "r")}
+    return scores
+
+
+def paired_against_baseline(
+    baseline: pd.DataFrame,
+    model: pd.DataFrame,
+    kind: str,
+    n_resamples: int,
+    ci_level: float,
+    seed: int,
+) -> dict[str, Any]:
+    """Per split, the headline metrics' paired difference model - baseline on the same subjects,
+    with its bootstrap interval and p-value (and DeLong's for AUC): positive is better for AUC
+    and balanced accuracy, negative for MAE and Brier score."""
+    compared: dict[str, Any] = {}
+    for split, model_rows in split_groups(model):
+        result = paired_bootstrap(
+            baseline[baseline["split"] == split], model_rows, kind, n_resamples, ci_level, seed
+        )
+        compared[split] = {
+            "n_subjects": result["n_subjects"],
+            "metrics": {
+                name: result["metrics"][name]
+                for name in DEFAULT_METRICS[kind]
+                if name in result["metrics"]
+            },
+        }
+    return compared
+
+
 def evaluate_task(settings: Settings, task_name: str, root: Path = Path(".")) -> TaskEvaluation:
     from neurotransfer.data import TaskDataModule
-    from neurotransfer.train.checkpoint import load_task_model
+    from neurotransfer.train.checkpoint import load_task_models
     from neurotransfer.train.finetune import FINETUNED_DIR, manifest_path, task_settings
-    from neurotransfer.train.predict import predict_frame
+    from neurotransfer.train.predict import member_column, predict_frame
 
     task = task_settings(settings, task_name)
     ev = settings.evaluate
-    module, meta = load_task_model(root / FINETUNED_DIR / task_name)
+    modules, meta = load_task_models(root / FINETUNED_DIR / task_name)
     datamodule = TaskDataModule(
         manifest_path=manifest_path(settings, root),
         task_name=task_name,
@@ -86,7 +132,7 @@ def evaluate_task(settings: Settings, task_name: str, root: Path = Path(".")) ->
         if datamodule.frame(split).empty:
             continue
         frames[split], features[split] = predict_frame(
-            module,
+            modules,
             datamodule.dataloader(split, augment=False, shuffle=False),
             split,
             device,
@@ -113,6 +159,16 @@ def evaluate_task(settings: Settings, task_name: str, root: Path = Path(".")) ->
     metrics["model_metrics"] = evaluate_predictions(
         evaluated, task.kind, ev.bootstrap_samples, ev.ci_level, ev.seed
     )
+    if len(modules) > 1:
+        # Each member alone (point estimates), to show what averaging them bought; keyed so
+        # that `dvc metrics show/diff` flatten it.
+        metrics["ensemble_members"] = {
+            f"member{index}": {
+                "seed": record["seed"],
+                **member_point_metrics(evaluated, member_column(index), task.kind),
+            }
+            for index, record in enumerate(meta["members"])
+        }
 
     # Baselines on exactly the same subjects.
     baselines: dict[str, Any] = {}
@@ -136,6 +192,16 @@ def evaluate_task(settings: Settings, task_name: str, root: Path = Path(".")) ->
         )
         baselines["ridge_voxels"] = evaluate_predictions(
             ridge_frame, task.kind, ev.bootstrap_samples, ev.ci_level, ev.seed
+        )
+        # Two unpaired intervals overlap long before a difference is doubtful: the paired
+        # bootstrap of (model - ridge) on the same subjects answers "does the model beat it?".
+        metrics["model_minus_ridge"] = paired_against_baseline(
+            ridge_frame,
+            evaluated.drop(columns=["prediction_corrected"], errors="ignore"),
+            task.kind,
+            ev.bootstrap_samples,
+            ev.ci_level,
+            ev.seed,
         )
     metrics["baselines"] = baselines
 
