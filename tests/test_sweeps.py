@@ -62,6 +62,10 @@ def test_ixi_grid_is_seeds_of_one_real_data_recipe() -> None:
     assert sorted(settings.tasks) == ["brain_age", "sex"]
     assert settings.finetune.select_epoch == "last"
     assert settings.evaluate.flip_tta
+    # Each seed of the sweep is an ensemble of five; the three ensembles share no member.
+    members = [settings.finetune.model_copy(update={"seed": s}).member_seeds() for s in (0, 1, 2)]
+    assert [len(m) for m in members] == [5, 5, 5]
+    assert len(set().union(*members)) == 15
 
 
 def test_video_synthetic_grid_is_architectures_by_initialisations() -> None:
