@@ -4,10 +4,16 @@ that run the fine-tuning recipe through the real data module."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
+from neurotransfer.compose import compose_params
+from neurotransfer.config import Settings, settings_from_dict
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
 SHAPE = (16, 16, 16)
 
 
@@ -40,3 +46,21 @@ def write_cohort(root: Path, n_train: int = 64, signal: float = 0.5, seed: int =
             }
         )
     pd.DataFrame(rows).to_csv(root / "data/processed/manifest.csv", index=False)
+
+
+def cohort_settings(
+    finetune: dict[str, Any], evaluate: dict[str, Any], scaling: dict[str, Any] | None = None
+) -> Settings:
+    """The real composed params shrunk to the cohort of `write_cohort`: its grid, no
+    augmentation, a small SFCN, a short constant-LR fine-tuning updated by `finetune`, and the
+    `evaluate` (and `scaling`) sections updated as given."""
+    raw = yaml.safe_load(compose_params([], CONF))
+    raw["data"]["preprocess"]["shape"] = list(SHAPE)
+    raw["data"]["augment"]["enabled"] = False
+    raw["model"]["options"] = {"channels": [4, 8, 8], "dropout": 0.0}
+    raw["finetune"].update(
+        {"early_stopping_patience": 0, "lr": 1e-2, "warmup_epochs": 0, **finetune}
+    )
+    raw["evaluate"].update(evaluate)
+    raw["scaling"].update(scaling or {})
+    return settings_from_dict(raw)

@@ -10,11 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
-from neurotransfer.compose import compose_params
-from neurotransfer.config import FinetuneSettings, Settings, settings_from_dict
+from neurotransfer.config import FinetuneSettings, Settings
 from neurotransfer.train.checkpoint import (
     MODEL_FILE,
     load_task_models,
@@ -22,7 +20,7 @@ from neurotransfer.train.checkpoint import (
     save_task_model,
 )
 from neurotransfer.train.predict import member_column
-from tests.train.cached_cohort import SHAPE, write_cohort
+from tests.train.cached_cohort import SHAPE, cohort_settings, write_cohort
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -37,22 +35,10 @@ def test_member_seeds_are_disjoint_across_seeds_and_one_member_keeps_the_seed() 
 
 
 def ensemble_settings(ensemble_size: int, seed: int) -> Settings:
-    raw = yaml.safe_load(compose_params([], CONF))
-    raw["data"]["preprocess"]["shape"] = list(SHAPE)
-    raw["data"]["augment"]["enabled"] = False
-    raw["model"]["options"] = {"channels": [4, 8, 8], "dropout": 0.0}
-    raw["finetune"].update(
-        {
-            "max_epochs": 4,
-            "early_stopping_patience": 0,
-            "lr": 1e-2,
-            "warmup_epochs": 0,
-            "seed": seed,
-            "ensemble_size": ensemble_size,
-        }
+    return cohort_settings(
+        finetune={"max_epochs": 4, "seed": seed, "ensemble_size": ensemble_size},
+        evaluate={"bootstrap_samples": 100, "ridge_baseline": False},
     )
-    raw["evaluate"].update({"bootstrap_samples": 100, "ridge_baseline": False})
-    return settings_from_dict(raw)
 
 
 @pytest.fixture

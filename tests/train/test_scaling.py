@@ -15,7 +15,7 @@ import yaml
 from neurotransfer.compose import compose_params
 from neurotransfer.config import Settings, SettingsError, settings_from_dict
 from neurotransfer.train.scaling import CURVE_COLUMNS, nested_subsets, subject_order
-from tests.train.cached_cohort import SHAPE, write_cohort
+from tests.train.cached_cohort import SHAPE, cohort_settings, write_cohort
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -109,18 +109,11 @@ def test_profiles_size_scaling() -> None:
 # the stage on a small cached cohort whose volumes carry the label
 # ---------------------------------------------------------------------------------------------
 def tiny_settings(fractions: list[float], seeds: list[int], max_epochs: int = 6) -> Settings:
-    raw = yaml.safe_load(compose_params([], CONF))
-    raw["data"]["preprocess"]["shape"] = list(SHAPE)
-    raw["data"]["augment"]["enabled"] = False
-    raw["model"]["options"] = {"channels": [4, 8, 8], "dropout": 0.0}
-    raw["finetune"].update(
-        {"max_epochs": max_epochs, "early_stopping_patience": 0, "lr": 1e-2, "warmup_epochs": 0}
+    return cohort_settings(
+        finetune={"max_epochs": max_epochs},
+        evaluate={"bootstrap_samples": 200},
+        scaling={"tasks": ["ad"], "fractions": fractions, "seeds": seeds, "max_epochs": max_epochs},
     )
-    raw["evaluate"]["bootstrap_samples"] = 200
-    raw["scaling"].update(
-        {"tasks": ["ad"], "fractions": fractions, "seeds": seeds, "max_epochs": max_epochs}
-    )
-    return settings_from_dict(raw)
 
 
 @pytest.mark.slow

@@ -65,13 +65,13 @@ def member_point_metrics(evaluated: pd.DataFrame, column: str, kind: str) -> dic
     """Headline metrics of one ensemble member's predictions per evaluated split (raw years for
     brain age: the bias correction is fitted on the ensemble's predictions)."""
     scores: dict[str, Any] = {}
-    for split, rows in evaluated.groupby("split", sort=False):
+    for split, rows in split_groups(evaluated):
         if kind == "binary":
             values = binary_metrics(rows["target"], rows[column])
-            scores[str(split)] = {k: values[k] for k in ("auc", "balanced_accuracy")}
+            scores[split] = {k: values[k] for k in ("auc", "balanced_accuracy")}
         else:
             values = regression_metrics(rows["target"], rows[column])
-            scores[str(split)] = {k: values[k] for k in ("mae", "r")}
+            scores[split] = {k: values[k] for k in ("mae", "r")}
     return scores
 
 

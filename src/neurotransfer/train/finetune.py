@@ -176,11 +176,15 @@ def train_task(
     return TrainedTask(module, result, init_record, train_frame, val_frame, target_mean, target_std)
 
 
+# Ensemble members k > 0 log in <task's dvclive folder>/members/<k>/.
+MEMBER_LOGS = "members"
+
+
 def member_log_dir(root: Path, task_name: str, index: int) -> Path:
     """dvclive folder of ensemble member `index`: member 0 logs where a single model does (the
     folder ``dvc.yaml`` declares), members k > 0 in ``members/<k>/`` beneath it."""
     folder = root / "dvclive" / "finetune" / task_name
-    return folder if index == 0 else folder / "members" / str(index)
+    return folder if index == 0 else folder / MEMBER_LOGS / str(index)
 
 
 def run_finetune(
@@ -199,9 +203,8 @@ def run_finetune(
     task = task_settings(settings, task_name)
     ft = settings.finetune
     seeds = ft.member_seeds()
-    stale_members = root / "dvclive" / "finetune" / task_name / "members"
     # Logs of an earlier, larger ensemble. ignore_errors: under DDP every process gets here.
-    shutil.rmtree(stale_members, ignore_errors=True)
+    shutil.rmtree(member_log_dir(root, task_name, 0) / MEMBER_LOGS, ignore_errors=True)
     members: list[TrainedTask] = []
     for index, seed in enumerate(seeds):
         if len(seeds) > 1:
