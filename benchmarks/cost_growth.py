@@ -59,7 +59,8 @@ def scaled_settings(settings: Settings, n_subjects: int, workers: int) -> Settin
     preprocess = settings.data.preprocess.model_copy(update={"workers": workers})
     data = settings.data.model_copy(update={"preprocess": preprocess})
     finetune = settings.finetune.model_copy(
-        update={"max_epochs": 1, "warmup_epochs": 0, "early_stopping_patience": 0}
+        # One seed: the figure is the cost of one training epoch, not of the seed axis.
+        update={"max_epochs": 1, "warmup_epochs": 0, "early_stopping_patience": 0, "seeds": 1}
     )
     return settings.model_copy(update={"cohort": cohort, "data": data, "finetune": finetune})
 

@@ -75,7 +75,13 @@ TINY_STUDY = {
         }
     },
     "profile/cpu.yaml": {
-        "finetune": {"max_epochs": 4, "early_stopping_patience": 0, "batch_size": 8},
+        # Two fine-tuning seeds: the seed axis end to end, at two thirds of the default's cost.
+        "finetune": {
+            "max_epochs": 4,
+            "early_stopping_patience": 0,
+            "batch_size": 8,
+            "seeds": 2,
+        },
         "evaluate": {"bootstrap_samples": 50},
         "synthesize": {
             "autoencoder": {"epochs": 2},
@@ -135,8 +141,15 @@ def test_full_pipeline_writes_metrics_for_every_task(
         assert "mean_predictor" in result["baselines"]
         assert "ridge_voxels" in result["baselines"]
         assert 0.0 <= result["site_probe"]["balanced_accuracy"] <= 1.0
-        assert (repo / f"reports/eval/{task}/predictions.csv").is_file()
-        assert (repo / f"models/finetuned/{task}/model.safetensors").is_file()
+        assert result["n_seeds"] == 2
+        assert result["model_metrics"]["test"]["n_seeds"] == 2
+        header = (repo / f"reports/eval/{task}/predictions.csv").read_text().splitlines()[0]
+        assert {"prediction", "prediction_seed0", "prediction_seed1"} <= set(header.split(","))
+        model_dir = repo / f"models/finetuned/{task}"
+        assert json.loads((model_dir / "meta.json").read_text())["seeds"] == [0, 1]
+        for seed in (0, 1):
+            assert (model_dir / f"seed{seed}/model.safetensors").is_file()
+            assert (model_dir / f"seed{seed}/meta.json").is_file()
 
     status = run(["dvc", "status"], repo, env)
     assert "up to date" in status
@@ -180,9 +193,16 @@ def test_kill_during_finetune_leaves_no_partial_outputs_and_repro_recovers(
     proc.wait()
 
     model_dir = repo / "models/finetuned/ad"
-    # Either the previous model, whole, or nothing: never a model without its metadata.
+    # Either the previous models, whole, or nothing: never a model without its metadata, nor
+    # some seeds of the new run.
     if model_dir.exists():
-        assert (model_dir / "model.safetensors").is_file() == (model_dir / "meta.json").is_file()
+        seeds = json.loads((model_dir / "meta.json").read_text())["seeds"]
+        assert sorted(p.name for p in model_dir.iterdir()) == sorted(
+            ["meta.json", *(f"seed{s}" for s in seeds)]
+        )
+        for seed in seeds:
+            assert (model_dir / f"seed{seed}/model.safetensors").is_file()
+            assert (model_dir / f"seed{seed}/meta.json").is_file()
     assert "finetune@ad" in run(["dvc", "status"], repo, env)
 
     run(["dvc", "repro"], repo, env, timeout=1800)
@@ -190,5 +210,9 @@ def test_kill_during_finetune_leaves_no_partial_outputs_and_repro_recovers(
     assert not list(model_dir.parent.glob(".ad.*")), "a killed run's temporary model remains"
     after = json.loads((repo / "metrics/finetune/ad.json").read_text())
     # Same seed on CPU: the re-run reproduces the interrupted stage's results exactly.
-    for key in (*STABLE_FINETUNE_KEYS, "best_val_auc"):
+    for key in (*STABLE_FINETUNE_KEYS, f"best_{before['monitor']}"):
         assert after[key] == before[key], key
+    for seed, entry in before["seeds"].items():
+        assert (
+            after["seeds"][seed][f"best_{before['monitor']}"] == entry[f"best_{before['monitor']}"]
+        )

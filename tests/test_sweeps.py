@@ -54,18 +54,22 @@ def test_every_grid_point_composes_and_validates(name: str) -> None:
     assert raw["profile"] == ("cpu" if name == "ixi_hh_cpu" else "gpu")
 
 
-def test_ixi_grid_is_seeds_of_one_real_data_recipe() -> None:
+def test_ixi_study_is_one_run_of_five_seeds_of_one_real_data_recipe() -> None:
     points = expand_grid(load_experiment("ixi_hh_cpu", CONF))
-    assert [p.overrides for p in points] == [(f"finetune.seed={s}",) for s in (0, 1, 2)]
+    assert [p.overrides for p in points] == [()]  # the seeds are trained inside the run
     settings = settings_from_dict(yaml.safe_load(compose_params(["experiment=ixi_hh_cpu"], CONF)))
     assert settings.data.name == "ixi_hh"
     assert sorted(settings.tasks) == ["brain_age", "sex"]
     assert settings.finetune.select_epoch == "last"
     assert settings.evaluate.flip_tta
-    # Each seed of the sweep is an ensemble of five; the three ensembles share no member.
-    members = [settings.finetune.model_copy(update={"seed": s}).member_seeds() for s in (0, 1, 2)]
-    assert [len(m) for m in members] == [5, 5, 5]
-    assert len(set().union(*members)) == 15
+    assert settings.finetune.seed_values() == [0, 1, 2, 3, 4]
+    assert settings.finetune.ensemble_size == 1
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_study_trains_at_least_five_fine_tuning_seeds(name: str) -> None:
+    raw = yaml.safe_load(compose_params([f"experiment={name}"], CONF))
+    assert settings_from_dict(raw).finetune.seeds >= 5
 
 
 def test_video_synthetic_grid_is_architectures_by_initialisations() -> None:

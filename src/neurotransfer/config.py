@@ -8,6 +8,7 @@ dotted key named, instead of deep inside a stage.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -162,6 +163,27 @@ class ColumnMap(Strict):
 SexCodes = dict[Literal["M", "F"], list[str]]
 
 
+def safe_file_name_problem(name: str) -> str:
+    """Why `name` cannot be used as a file or folder name of the cache ('' when it can).
+
+    Dataset names and scan ids become ``<processed_dir>/<dataset>/<scan_id>.npy``: only letters,
+    digits, ``.``, ``_`` and ``-``, no leading dot (hidden files, ``..``) and no ``..`` anywhere,
+    so no id can climb out of the output folder or hide its file.
+    """
+    if not name:
+        return "is empty"
+    if len(name) > 200:
+        return f"is {len(name)} characters long (at most 200)"
+    bad = sorted({c for c in name if not (c.isascii() and (c.isalnum() or c in "._-"))})
+    if bad:
+        return f"contains {''.join(bad)!r} (allowed: letters, digits, '.', '_', '-')"
+    if name.startswith("."):
+        return "starts with '.'"
+    if ".." in name:
+        return "contains '..'"
+    return ""
+
+
 def _check_sex_codes(codes: SexCodes) -> SexCodes:
     shared = sorted(set(codes.get("M", [])) & set(codes.get("F", [])))
     if shared:
@@ -187,11 +209,18 @@ class SourceDatasetSettings(Strict):
     # Prepended to every participant id: subject ids identify people across datasets (the
     # pool/test disjointness check), so datasets whose ids merely coincide need a prefix.
     id_prefix: str = ""
+    # A scan reached through a symlink whose target lies outside the dataset's folder (the BIDS
+    # folder, or the CSV file's folder) is excluded unless this is true; each one followed is
+    # reported (issue `external_symlink`). Symlinks that stay inside the folder (DataLad /
+    # git-annex) are always fine.
+    follow_external_symlinks: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> SourceDatasetSettings:
         if self.format == "csv" and not self.columns.path:
             raise ValueError("a csv dataset needs columns.path (the image path column)")
+        if self.id_prefix and (problem := safe_file_name_problem(self.id_prefix)):
+            raise ValueError(f"id_prefix {self.id_prefix!r} {problem}")
         if self.sex_codes is not None:
             _check_sex_codes(self.sex_codes)
         return self
@@ -245,6 +274,22 @@ class AugmentSettings(Strict):
     noise_std: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
 
 
+class LabelBounds(Strict):
+    """Plausible range of each numeric label; a value outside it is reported (issue
+    ``implausible_age``) and treated as missing, the scan kept for tasks that do not need it."""
+
+    # Years, inclusive. 0 keeps newborn cohorts; above 120 an age is all but surely a typo or
+    # a value in months. Negative ages are never real: a sign or column mix-up.
+    age_min: float = 0.0
+    age_max: float = 120.0
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> LabelBounds:
+        if not self.age_min < self.age_max:
+            raise ValueError(f"age_min {self.age_min:g} must be below age_max {self.age_max:g}")
+        return self
+
+
 class DataSettings(Strict):
     name: str
     sex_codes: dict[Literal["M", "F"], list[str]] = Field(
@@ -254,6 +299,7 @@ class DataSettings(Strict):
         }
     )
     datasets: dict[str, SourceDatasetSettings] = Field(min_length=1)
+    label_bounds: LabelBounds = LabelBounds()
     preprocess: PreprocessSettings = PreprocessSettings()
     splits: SplitSettings = SplitSettings()
     augment: AugmentSettings = AugmentSettings()
@@ -264,6 +310,17 @@ class DataSettings(Strict):
     @classmethod
     def _sex_codes_disjoint(cls, value: SexCodes) -> SexCodes:
         return _check_sex_codes(value)
+
+    @field_validator("datasets")
+    @classmethod
+    def _dataset_names_are_folder_names(
+        cls, value: dict[str, SourceDatasetSettings]
+    ) -> dict[str, SourceDatasetSettings]:
+        # Each name is a folder of processed_dir: it must not climb out of it.
+        for name in value:
+            if problem := safe_file_name_problem(name):
+                raise ValueError(f"dataset name {name!r} {problem}")
+        return value
 
     @model_validator(mode="after")
     def _ood_datasets_exist(self) -> DataSettings:
@@ -295,6 +352,20 @@ class TaskSettings(Strict):
             raise ValueError("a binary task needs both 'positive' and 'negative' labels")
         if self.kind == "regression" and self.target != "age":
             raise ValueError("regression tasks support target 'age' only")
+        if self.kind == "binary" and self.positive == self.negative:
+            raise ValueError(f"positive and negative are both {self.positive!r}")
+        if self.kind == "binary" and self.target == "sex":
+            # ingest maps every sex code (data.sex_codes) to M or F: no other label exists
+            wrong = [
+                f"{key} {label!r}"
+                for key, label in (("positive", self.positive), ("negative", self.negative))
+                if label not in ("M", "F")
+            ]
+            if wrong:
+                raise ValueError(
+                    f"{', '.join(wrong)}: sex labels are 'M' and 'F' (data.sex_codes maps each "
+                    "dataset's codes to them)"
+                )
         return self
 
 
@@ -497,6 +568,199 @@ class ModelSettings(Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+# Each backbone's options with their defaults, as its builder in ``neurotransfer.models``
+# declares them. Copied here so that the settings can check a model against the volume shape
+# when they load, without importing torch (~10 s); tests/test_config.py fails when this table
+# and the registry disagree, and when a rule below and a builder disagree.
+BACKBONE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "densenet121": {
+        "init_features": 64,
+        "growth_rate": 32,
+        "block_config": (6, 12, 24, 16),
+        "bn_size": 4,
+        "dropout": 0.0,
+    },
+    "mvit_v2_s": {
+        "embed_dim": 96,
+        "depths": (1, 2, 11, 2),
+        "num_heads": 1,
+        "kv_stride": 8,
+        "stochastic_depth_prob": 0.2,
+    },
+    "r2plus1d_18": {"layers": (2, 2, 2, 2)},
+    "r3d_18": {"layers": (2, 2, 2, 2)},
+    "sfcn": {"channels": (32, 64, 128, 256, 256, 64), "dropout": 0.5},
+    "slice2d": {
+        "axis": 0,
+        "encoder": "resnet18",
+        "cnn_channels": (32, 64, 128, 256, 256),
+        "embed_dim": 32,
+        "position_embedding": True,
+        "pooling": "mean",
+        "attention_heads": 1,
+        "dropout": 0.0,
+    },
+    "swin3d_t": {
+        "patch_size": (2, 4, 4),
+        "embed_dim": 96,
+        "depths": (2, 2, 6, 2),
+        "num_heads": (3, 6, 12, 24),
+        "window_size": (8, 7, 7),
+        "stochastic_depth_prob": 0.1,
+    },
+    "vit3d": {
+        "patch_size": 16,
+        "hidden_size": 768,
+        "mlp_dim": 3072,
+        "num_layers": 12,
+        "num_heads": 12,
+        "dropout": 0.0,
+        "pooling": "cls",
+        "qkv_bias": False,
+    },
+}
+
+
+def _ints(value: Any) -> tuple[int, ...] | None:
+    """An int or a list of ints as a tuple; None for anything else (the registry reports a
+    badly typed option when it builds the model, with the option's declared type)."""
+    items = value if isinstance(value, list | tuple) else [value]
+    if not items or not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+        return None
+    return tuple(items)
+
+
+def backbone_fit_problem(name: str, options: dict[str, Any], shape: tuple[int, ...]) -> str:
+    """Why backbone `name` with `options` cannot take volumes of `shape` ('' when it can).
+
+    The rules of the builders in ``neurotransfer.models`` that need only the parameters: the
+    name, the option names, the smallest volume each network's downsampling can take, patch
+    sizes that tile the volume, and widths that the attention heads divide. The message names
+    the parameter keys to change. r3d_18, r2plus1d_18, swin3d_t (padded to whole patches and
+    windows) and slice2d's ResNet18 encoder take any volume size.
+    """
+    if name not in BACKBONE_DEFAULTS:
+        return (
+            f"model.name: unknown backbone {name!r}; known backbones: {sorted(BACKBONE_DEFAULTS)}"
+        )
+    defaults = BACKBONE_DEFAULTS[name]
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        return (
+            f"model.options: backbone {name!r} has no option(s) {unknown}; its options "
+            f"(with defaults): {', '.join(f'{k}={v!r}' for k, v in defaults.items())}"
+        )
+    opts = {**defaults, **options}
+    where = f"data.preprocess.shape {tuple(shape)} does not fit model {name!r}"
+
+    def too_small(
+        sides: Sequence[int], min_side: int, why: str, fix: str, which: str = "every side"
+    ) -> str:
+        small = [s for s in sides if s < min_side]
+        if not small:
+            return ""
+        return f"{where}: {why}, so {which} must be at least {min_side} voxels (got {small}); {fix}"
+
+    if name == "sfcn" and (channels := _ints(opts["channels"])) and len(channels) >= 2:
+        pools = len(channels) - 1
+        return too_small(
+            shape,
+            2**pools,
+            f"its {len(channels)} blocks (model.options.channels) max-pool by 2 {pools} times",
+            "use larger volumes or fewer entries in model.options.channels",
+        )
+    if name == "densenet121" and (blocks := _ints(opts["block_config"])):
+        transitions = len(blocks) - 1
+        # The stem (stride-2 conv, stride-2 max-pool, both padded) maps n to ceil(n / 4); each
+        # transition then average-pools by 2 and needs 2 voxels to do so.
+        return too_small(
+            shape,
+            4 * 2**transitions - 3,
+            f"its stem downsamples by 4 and its {transitions} transition layers "
+            "(model.options.block_config) by 2 each",
+            "use larger volumes or fewer dense blocks in model.options.block_config",
+        )
+    if name == "vit3d":
+        patch = _ints(opts["patch_size"])
+        if patch is not None and len(patch) in (1, 3):
+            patch = patch * 3 if len(patch) == 1 else patch
+            bad = [axis for axis in range(3) if shape[axis] % patch[axis]]
+            if bad:
+                common = [p for p in range(1, min(shape) + 1) if all(s % p == 0 for s in shape)]
+                return (
+                    f"{where}: model.options.patch_size {patch} does not divide it along axes "
+                    f"{bad}; a patch_size dividing every side is one of {common}, or give one "
+                    "per axis"
+                )
+        hidden, heads = _ints(opts["hidden_size"]), _ints(opts["num_heads"])
+        if hidden and heads and hidden[0] % heads[0]:
+            return (
+                f"model.options.hidden_size {hidden[0]} is not divisible by "
+                f"model.options.num_heads {heads[0]}"
+            )
+    if name == "slice2d":
+        axis, channels = opts["axis"], _ints(opts["cnn_channels"])
+        if opts["encoder"] == "cnn" and axis in (0, 1, 2) and channels:
+            slice_sides = [side for index, side in enumerate(shape) if index != axis]
+            problem = too_small(
+                slice_sides,
+                2 ** len(channels),
+                f"slices along model.options.axis {axis} are {tuple(slice_sides)} and the 'cnn' "
+                f"encoder max-pools them by 2 {len(channels)} times (model.options.cnn_channels)",
+                "use larger volumes, another axis, or fewer entries in cnn_channels",
+                which="both slice sides",
+            )
+            if problem:
+                return problem
+        dim, heads = _ints(opts["embed_dim"]), _ints(opts["attention_heads"])
+        if opts["pooling"] == "attention" and dim and heads and dim[0] % heads[0]:
+            return (
+                f"model.options.embed_dim {dim[0]} is not divisible by "
+                f"model.options.attention_heads {heads[0]}"
+            )
+    if name in ("swin3d_t", "mvit_v2_s"):
+        depths, heads, dim = (
+            _ints(opts["depths"]),
+            _ints(opts["num_heads"]),
+            _ints(opts["embed_dim"]),
+        )
+        if depths is None or heads is None or dim is None:
+            return ""
+        if sum(depths) < 2:
+            return (
+                f"model.options.depths {depths} give {sum(depths)} block(s); torchvision's "
+                f"{name} needs at least 2 in all"
+            )
+        if name == "swin3d_t":
+            if len(depths) != len(heads):
+                return (
+                    f"model.options.depths {depths} and num_heads {heads} must give one entry "
+                    "per stage each"
+                )
+            for stage, stage_heads in enumerate(heads):
+                if (dim[0] * 2**stage) % stage_heads:
+                    return (
+                        f"model.options.num_heads[{stage}] = {stage_heads} does not divide "
+                        f"stage {stage}'s width {dim[0] * 2**stage} (embed_dim * 2**{stage})"
+                    )
+            return ""
+        if dim[0] % heads[0]:
+            return (
+                f"model.options.embed_dim {dim[0]} is not divisible by "
+                f"model.options.num_heads {heads[0]}"
+            )
+        # Patch stride 4 in H and W, then a query pooling by 2 at each later stage; D is padded.
+        return too_small(
+            shape[1:],
+            4 * 2 ** (len(depths) - 1),
+            f"its patch stride 4 and {len(depths) - 1} query poolings by 2 "
+            "(model.options.depths) apply to H and W (the last two sides)",
+            "use larger volumes or fewer stages in model.options.depths",
+            which="H and W",
+        )
+    return ""
+
+
 class SimCLRSettings(Strict):
     """SimCLR (Chen et al. 2020): NT-Xent between two 3D-augmented views of each volume."""
 
@@ -575,6 +839,11 @@ class PretrainSettings(Strict):
             )
         if len(set(self.objectives)) != len(self.objectives):
             raise ValueError(f"objectives: duplicates in {list(self.objectives)}")
+        if "simclr" in self.objectives and self.batch_size < 2:
+            raise ValueError(
+                "batch_size 1: the simclr objective contrasts each volume with the others of "
+                "its batch, so it needs at least 2"
+            )
         return self
 
 
@@ -588,9 +857,14 @@ class FinetuneSettings(Strict):
     warmup_epochs: NonNegativeInt = 1
     layer_decay: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     early_stopping_patience: NonNegativeInt = 5
+    # What early stopping and select_epoch "best" follow: the validation loss (BCE, or MSE on
+    # standardised targets), or the task metric (AUC / MAE), which saturates on a few dozen
+    # validation subjects. Equal values go to the later epoch.
+    monitor: Literal["loss", "metric"] = "loss"
     # The weights kept: the best validation epoch's, or the last epoch's (the whole schedule
     # run; needs early_stopping_patience 0). The validation metric is logged either way.
     select_epoch: Literal["best", "last"] = "best"
+    # bf16-mixed also runs on the CPU (autocast; benchmarks/train_step_cpu.py measures it).
     precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     devices: PositiveInt | Literal["auto"] = 1
@@ -600,27 +874,42 @@ class FinetuneSettings(Strict):
     num_nodes: PositiveInt = 1
     # SyncBatchNorm makes DDP's BatchNorm statistics those of the global batch (CUDA only).
     sync_batchnorm: bool = False
-    # GPU speed-ups (benchmarks/train_throughput.py measures each): channels-last-3d weights
-    # for 3D CNNs, torch.compile of the backbone (in place: state_dict keys are unchanged),
-    # cuDNN autotuning (needs deterministic: false to take effect).
+    # Speed-ups (benchmarks/train_throughput.py measures each on a GPU): channels-last-3d
+    # weights for 3D CNNs (also faster on the CPU: benchmarks/train_step_cpu.py), torch.compile
+    # of the backbone (in place: state_dict keys are unchanged), cuDNN autotuning (needs
+    # deterministic: false to take effect).
     channels_last: bool = False
     compile: bool = False
     cudnn_benchmark: bool = False
     num_workers: NonNegativeInt = 0
     seed: NonNegativeInt = 0
-    # A deep ensemble (Lakshminarayanan et al. 2017): the recipe is run ensemble_size times
-    # with the seeds of `member_seeds`, and evaluate averages the members' predictions
-    # (probabilities or years). 1 is a single model.
+    # Training noise is part of every result: the stage trains the recipe once per seed value
+    # of `seed_values` (a count, not a list) and evaluate scores every seed's model.
+    seeds: PositiveInt = 1
+    # A deep ensemble (Lakshminarayanan et al. 2017) within each seed: the recipe is run
+    # ensemble_size times with the seeds of `member_seeds`, and evaluate averages the members'
+    # predictions (probabilities or years). 1 is a single model.
     ensemble_size: PositiveInt = 1
     deterministic: bool = True
 
-    def member_seeds(self) -> list[int]:
-        """The ensemble's training seeds: ``seed * ensemble_size + k`` for member k.
+    def seed_values(self) -> list[int]:
+        """The fine-tuning seeds one run trains: ``seed * seeds + k`` for k = 0 .. seeds - 1.
 
-        Disjoint across `seed`, so a seed sweep of ensembles gives independent ensembles (seed
-        0 of size 5 trains seeds 0-4, seed 1 trains 5-9); with one member it is `seed` itself.
+        Disjoint across `seed` (seeds 3: seed 0 trains 0-2, seed 1 trains 3-5), so a sweep
+        over `seed` never trains the same model twice; with one seed it is `seed` itself.
         """
-        return [self.seed * self.ensemble_size + k for k in range(self.ensemble_size)]
+        return [self.seed * self.seeds + k for k in range(self.seeds)]
+
+    def member_seeds(self, seed_value: int | None = None) -> list[int]:
+        """Training seeds of the ensemble of one seed value (default `seed`):
+        ``seed_value * ensemble_size + m`` for member m.
+
+        With ``seed_value = seed * seeds + k`` every (seed value, member) pair gets its own
+        training seed, so no two models of a run or of a sweep over `seed` share one; with one
+        member it is the seed value itself (seed 0 of size 5 trains 0-4, seed 1 trains 5-9).
+        """
+        value = self.seed if seed_value is None else seed_value
+        return [value * self.ensemble_size + m for m in range(self.ensemble_size)]
 
     @model_validator(mode="after")
     def _last_epoch_runs_the_schedule(self) -> FinetuneSettings:
@@ -629,6 +918,23 @@ class FinetuneSettings(Strict):
                 "select_epoch 'last' keeps the end of the whole schedule, but "
                 f"early_stopping_patience is {self.early_stopping_patience}: set it to 0 "
                 "(no early stopping) or select_epoch to 'best'"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _runtime_settings_agree(self) -> FinetuneSettings:
+        # With both, Lightning only warns and PyTorch autotunes anyway: the run asked to be
+        # deterministic would silently not be.
+        if self.cudnn_benchmark and self.deterministic:
+            raise ValueError(
+                "cudnn_benchmark and deterministic are both true, but PyTorch ignores cuDNN "
+                "determinism while it autotunes, so runs would not repeat: set one to false"
+            )
+        if self.accelerator == "cpu" and self.precision == "16-mixed":
+            # Lightning would only warn and train in bf16 instead.
+            raise ValueError(
+                "precision '16-mixed' (fp16 autocast) is not available with accelerator 'cpu': "
+                "use 'bf16-mixed' or '32', or accelerator 'gpu'/'auto'"
             )
         return self
 
@@ -707,6 +1013,30 @@ class ExperimentSettings(Strict):
             raise ValueError(f"sweep entries must be 'key=value[,value...]' overrides, got {bad}")
         return value
 
+    @model_validator(mode="after")
+    def _conditions_match_the_grid(self) -> ExperimentSettings:
+        # A condition on a key the sweep does not vary, or on a value it never takes, matches no
+        # grid point: the exclusion or extra would silently do nothing.
+        from neurotransfer.sweep import parse_override  # imports this module
+
+        axes = dict(parse_override(entry) for entry in self.sweep)
+        rules = [(f"exclude[{i}]", rule) for i, rule in enumerate(self.exclude)]
+        rules += [(f"extra[{i}].when", extra.when) for i, extra in enumerate(self.extra)]
+        for where, conditions in rules:
+            for condition in conditions:
+                key, values = parse_override(condition)
+                if key not in axes:
+                    raise ValueError(
+                        f"{where}: {condition!r} matches no grid point: the sweep does not vary "
+                        f"{key!r} (it varies {sorted(axes)})"
+                    )
+                if not set(values) & set(axes[key]):
+                    raise ValueError(
+                        f"{where}: {condition!r} matches no grid point: the sweep gives {key} "
+                        f"the values {axes[key]}"
+                    )
+        return self
+
 
 class Settings(Strict):
     seed: NonNegativeInt = 0
@@ -738,19 +1068,149 @@ class Settings(Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _tasks_have_their_labels(self) -> Settings:
+        # A label column mapped to null: every scan of that dataset would be dropped from the
+        # task as unlabelled (the target) or filtered out (a subset on it).
+        for name, task in self.tasks.items():
+            needed = [(f"tasks.{name}.target", task.target)]
+            needed += [
+                (f"tasks.{name}.subset.{column}", column)
+                for column in task.subset
+                if column in ("age", "sex", "diagnosis")
+            ]
+            for key, column in needed:
+                for dataset in task.datasets:
+                    if getattr(self.data.datasets[dataset].columns, column) is None:
+                        raise ValueError(
+                            f"{key} needs the {column!r} label, but data.datasets.{dataset}."
+                            f"columns.{column} is null (the dataset has no {column} column): "
+                            f"drop {dataset!r} from tasks.{name}.datasets or map the column"
+                        )
+            self._check_phantom_diagnoses(name, task)
+        return self
+
+    def _check_phantom_diagnoses(self, name: str, task: TaskSettings) -> None:
+        """Diagnosis labels the task asks for must be ones its datasets have, where the
+        datasets are the phantom cohort's (their labels are known from the cohort settings)."""
+        labels = self._phantom_diagnoses(task.datasets)
+        if labels is None:
+            return
+        wanted: list[tuple[str, list[str]]] = []
+        if task.target == "diagnosis" and task.kind == "binary":
+            wanted += [(f"tasks.{name}.positive", [str(task.positive)])]
+            wanted += [(f"tasks.{name}.negative", [str(task.negative)])]
+        if "diagnosis" in task.subset:
+            wanted.append((f"tasks.{name}.subset.diagnosis", task.subset["diagnosis"]))
+        for key, values in wanted:
+            if not set(values) & set().union(*labels.values()):
+                have = ", ".join(f"{ds} {sorted(found)}" for ds, found in labels.items())
+                raise ValueError(
+                    f"{key} {values if len(values) > 1 else values[0]!r}: no subject of "
+                    f"tasks.{name}.datasets has that diagnosis (the phantom cohort gives {have})"
+                )
+
+    def _phantom_diagnoses(self, datasets: list[str]) -> dict[str, set[str]] | None:
+        """Diagnosis labels of each dataset when all are generated by ``cohort`` (a BIDS
+        dataset at ``cohort.out_dir/<name>``), after ``diagnosis_map``; None otherwise."""
+        if self.cohort is None:
+            return None
+        labels: dict[str, set[str]] = {}
+        for dataset in datasets:
+            source = self.data.datasets[dataset]
+            generated = self.cohort.datasets.get(dataset)
+            if (
+                generated is None
+                or source.format != "bids"
+                or Path(source.path) != Path(self.cohort.out_dir) / dataset
+            ):
+                return None
+            # The generator writes CN and the dataset's disease, and n/a for the pool.
+            raw = set() if generated.role == "pool" else {"CN"}
+            if generated.disease != "none":
+                raw.add(generated.disease)
+            labels[dataset] = {source.diagnosis_map.get(v, v) for v in raw}
+        return labels
+
+    @model_validator(mode="after")
+    def _model_fits_the_data(self) -> Settings:
+        problem = backbone_fit_problem(
+            self.model.name, self.model.options, tuple(self.data.preprocess.shape)
+        )
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    @model_validator(mode="after")
+    def _pretrain_source_fits_the_model(self) -> Settings:
+        # Imported here: the module imports SettingsError from this one (and no torch).
+        from neurotransfer.pretrain.sources import VIT_B_16, VIT_B_16_LAYERS, check_source
+
+        source, name, options = self.pretrain.source, self.model.name, self.model.options
+        if source == "imagenet" and name == "vit3d":
+            # check_source would read vit3d's defaults from the registry (a torch import);
+            # the table above has them.
+            resolved = {**BACKBONE_DEFAULTS["vit3d"], **options}
+            wrong = [
+                f"{k} {resolved[k]} (vit_b_16: {v})"
+                for k, v in VIT_B_16.items()
+                if resolved[k] != v
+            ]
+            if resolved["num_layers"] > VIT_B_16_LAYERS:
+                wrong.append(f"num_layers {resolved['num_layers']} (vit_b_16: {VIT_B_16_LAYERS})")
+            if wrong:
+                raise ValueError(
+                    "pretrain.source 'imagenet' initialises vit3d from torchvision's vit_b_16, "
+                    f"whose sizes model.options must share; it has {', '.join(wrong)}"
+                )
+            return self
+        try:
+            check_source(source, name, options)
+        except SettingsError as err:
+            raise ValueError(f"pretrain.source / model.name: {err}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _synthesis_grid_fits_the_data(self) -> Settings:
+        # The synthesize stage trains its LDM on data.preprocess.shape whenever the data have
+        # an upstream pool (without one it records a skip), so the shape must divide down.
+        config = self.synthesize
+        has_pool = any(ds.role == "pool" for ds in self.data.datasets.values())
+        if config is None or config.source != "train" or not has_pool:
+            return self
+        ae, unet = config.autoencoder.net, config.diffusion.net
+        factor = ae.downsample_factor * unet.downsample_factor
+        shape = tuple(self.data.preprocess.shape)
+        if any(side % factor for side in shape):
+            raise ValueError(
+                f"data.preprocess.shape {shape} must be divisible by {factor} for the synthesize "
+                f"stage: its autoencoder downsamples by {ae.downsample_factor} "
+                f"(synthesize.autoencoder.net.channels) and its diffusion UNet by "
+                f"{unet.downsample_factor} more (synthesize.diffusion.net.channels)"
+            )
+        return self
+
 
 def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid settings"]
+    """One line per problem: ``key: message (got value)``; a single problem stays on the
+    header line, so the command's error is one line."""
+    problems = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = e["msg"]
+        key = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (not a setting; check its spelling)"
+        # A rule across a whole block names its keys itself; its input is the block.
+        if isinstance(e.get("input"), dict) and e["type"] == "value_error":
+            problems.append(f"{key}: {msg}" if key else msg)
+            continue
         got = repr(e.get("input"))
         if len(got) > 80:
             got = got[:77] + "..."
-        lines.append(f"  {key}: {msg} (got {got})")
-    return "\n".join(lines)
+        problems.append(f"{key or '<root>'}: {msg} (got {got})")
+    if len(problems) == 1:
+        return f"{source}: invalid settings: {problems[0]}"
+    return "\n".join([f"{source}: invalid settings", *(f"  {p}" for p in problems)])
 
 
 def settings_from_dict(raw: dict[str, Any], source: str = "<params>") -> Settings:

@@ -185,3 +185,15 @@ def test_subjects_with_several_scans_pair_scan_by_scan() -> None:
     )
     aligned = align_predictions(a, a.assign(prediction=[0.7, 0.6, 0.2]))
     assert aligned["prediction_b"].tolist() == [0.7, 0.6, 0.2]
+
+
+@pytest.mark.parametrize("gap", [0.0, 0.3, 0.8, 1.5])
+def test_bootstrap_p_value_and_interval_follow_one_rule(gap: float) -> None:
+    """The percentile interval excludes 0 exactly when p < 1 - level (one rule, not two)."""
+    a, b = frames(60, 4, "binary", gap=gap)
+    result = paired_bootstrap(a, b, "binary", n_resamples=400, seed=1)
+    for name, entry in result["metrics"].items():
+        if not np.isfinite(entry["p_value"]):
+            continue
+        excludes_zero = entry["ci_low"] > 0 or entry["ci_high"] < 0
+        assert excludes_zero == (entry["p_value"] < 0.05), name

@@ -1,4 +1,5 @@
-"""Deep ensembles (`finetune.ensemble_size`): member seeds, saved layout, averaged predictions."""
+"""Deep ensembles (`finetune.ensemble_size`) within a fine-tuning seed: member seeds, saved
+layout, averaged predictions."""
 
 from __future__ import annotations
 
@@ -34,9 +35,21 @@ def test_member_seeds_are_disjoint_across_seeds_and_one_member_keeps_the_seed() 
         FinetuneSettings(ensemble_size=0)
 
 
+def test_ensembles_of_every_seed_value_share_no_training_seed() -> None:
+    settings = FinetuneSettings(seed=1, seeds=3, ensemble_size=4)
+    assert settings.seed_values() == [3, 4, 5]
+    members = [settings.member_seeds(value) for value in settings.seed_values()]
+    assert members[0] == [12, 13, 14, 15]
+    # Nor with the runs of the other values of `seed` (a sweep over finetune.seed).
+    other = FinetuneSettings(seed=0, seeds=3, ensemble_size=4)
+    every = members + [other.member_seeds(v) for v in other.seed_values()]
+    flat = [seed for group in every for seed in group]
+    assert len(set(flat)) == len(flat) == 24
+
+
 def ensemble_settings(ensemble_size: int, seed: int) -> Settings:
     return cohort_settings(
-        finetune={"max_epochs": 4, "seed": seed, "ensemble_size": ensemble_size},
+        finetune={"max_epochs": 4, "seed": seed, "seeds": 1, "ensemble_size": ensemble_size},
         evaluate={"bootstrap_samples": 100, "ridge_baseline": False},
     )
 
@@ -59,7 +72,10 @@ def test_ensemble_trains_saves_and_averages_its_members(cohort: Path) -> None:
     task = SimpleNamespace(task="ad")
     finetune.run(ensemble_settings(2, 1), task)
 
-    model_dir = cohort / "models/finetuned/ad"
+    # One seed (value 1), an ensemble of two: member seeds 1 * 2 + 0 and 1 * 2 + 1.
+    run_dir = cohort / "models/finetuned/ad"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["meta.json", "seed1"]
+    model_dir = run_dir / "seed1"
     assert sorted(p.name for p in model_dir.iterdir()) == [
         "meta.json",
         "model-1.safetensors",
@@ -69,7 +85,7 @@ def test_ensemble_trains_saves_and_averages_its_members(cohort: Path) -> None:
     assert [m["seed"] for m in meta["members"]] == [2, 3]
     recorded = json.loads((cohort / "metrics/finetune/ad.json").read_text())
     assert recorded["ensemble_size"] == 2
-    assert [m["seed"] for m in recorded["members"].values()] == [2, 3]
+    assert [m["seed"] for m in recorded["seeds"]["seed1"]["members"].values()] == [2, 3]
     member_log = cohort / "dvclive/finetune/ad/members/1/metrics.json"
     assert member_log.is_file()
     member0 = load_file(str(model_dir / MODEL_FILE))
@@ -82,18 +98,20 @@ def test_ensemble_trains_saves_and_averages_its_members(cohort: Path) -> None:
     np.testing.assert_allclose(predictions["prediction"], members.mean(axis=1), rtol=1e-5)
     assert not np.allclose(members[:, 0], members[:, 1])
     scores = json.loads((cohort / "metrics/eval/ad.json").read_text())
-    assert [m["seed"] for m in scores["ensemble_members"].values()] == [2, 3]
-    assert list(scores["ensemble_members"]) == ["member0", "member1"]
+    member_scores = scores["seeds"]["seed1"]["members"]
+    assert [m["seed"] for m in member_scores.values()] == [2, 3]
+    assert list(member_scores) == ["member0", "member1"]
     for split in ("test", "ood_test"):
         auc = scores["model_metrics"][split]["metrics"]["auc"]["value"]
         assert auc > 0.7, (split, auc)  # the members learned the label, and so does their mean
 
-    # Member 0 is the single model of its seed: same data, same recipe, same weights.
+    # Member 0 is the single model of its training seed: same data, same recipe, same weights.
     finetune.run(ensemble_settings(1, 2), task)
-    single = load_file(str(model_dir / MODEL_FILE))
+    single = load_file(str(run_dir / "seed2" / MODEL_FILE))
     assert single.keys() == member0.keys()
     assert all(torch.equal(single[k], member0[k]) for k in single)
-    assert sorted(p.name for p in model_dir.iterdir()) == ["meta.json", MODEL_FILE]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["meta.json", "seed2"]
+    assert sorted(p.name for p in (run_dir / "seed2").iterdir()) == ["meta.json", MODEL_FILE]
     # The larger ensemble's member logs are gone with it.
     assert not (cohort / "dvclive/finetune/ad/members").exists()
     assert "ensemble_size" not in json.loads((cohort / "metrics/finetune/ad.json").read_text())

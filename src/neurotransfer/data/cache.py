@@ -7,8 +7,11 @@ unchanged (array and QC numbers, or the recorded failure) and computes only the 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +45,7 @@ TEXT_COLUMNS = (
     "scan_id",
     "source_path",
     "cache_key",
+    "array_sha256",
 )
 
 
@@ -50,7 +54,6 @@ NUMERIC_COLUMNS = (
     "qc_template_corr",
     "qc_brain_coverage",
     "registration_scale",
-    "seconds",
 )
 
 
@@ -62,6 +65,50 @@ def load_cached_volume(path: str | Path) -> np.ndarray:
 def read_cached_volume(path: str | Path) -> np.ndarray:
     """A cached scan read into memory (fp16, writable): the DataModule's per-item read."""
     return np.load(path, allow_pickle=False)
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (recorded per cached array as the manifest's ``array_sha256``)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cached_array_problem(
+    path: str | Path, shape: tuple[int, ...], sha256: str = ""
+) -> tuple[str, str]:
+    """Check a cached array before it is reused: ``(problem, sha256)``; problem "" if sound.
+
+    The ``.npy`` header must say fp16 and `shape`, the file must have exactly the size
+    that header implies (a truncated or padded file does not), and its bytes must hash to
+    `sha256` when one was recorded. The digest is returned so a manifest that lacks it gains it.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            if version == (1, 0):
+                header = np.lib.format.read_array_header_1_0(handle)
+            else:
+                header = np.lib.format.read_array_header_2_0(handle)
+            data_offset = handle.tell()
+        size = path.stat().st_size
+    except (OSError, ValueError) as exc:
+        return f"unreadable .npy ({exc})", ""
+    found_shape, _, dtype = header  # C or Fortran order: both memory-map the same
+    if dtype != np.dtype(np.float16):
+        return f"dtype {dtype}, not float16", ""
+    if tuple(found_shape) != tuple(shape):
+        return f"shape {tuple(found_shape)}, not the target grid {tuple(shape)}", ""
+    expected = data_offset + int(np.prod(shape)) * dtype.itemsize
+    if size != expected:
+        return f"{size} bytes, its header implies {expected} (truncated or overwritten)", ""
+    digest = file_sha256(path)
+    if sha256 and digest != sha256:
+        return "content differs from the sha256 recorded in the manifest", digest
+    return "", digest
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:
@@ -109,9 +156,13 @@ def scan_cache_key(source_path: str | Path, settings_hash: str) -> str:
     """Key of one scan's cache entry: its file's content and the settings/code fingerprint.
 
     Content, not modification time: a copied or re-downloaded identical dataset is reused.
+    Raises OSError naming the file when it is missing, unreadable or not a regular file.
     """
     digest = hashlib.blake2b(settings_hash.encode(), digest_size=16)
-    with open(source_path, "rb") as handle:
+    # Non-blocking: opening a named pipe must not hang the run; then only plain files are read.
+    with open(os.open(source_path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(source_path))
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

@@ -1,20 +1,31 @@
 """Reading input datasets (BIDS folders or CSV manifests) into one table of scans.
 
 Nothing is dropped silently: rows without images, images without rows, duplicated participants,
-unknown label codes and missing labels are all returned as :class:`DatasetIssue` records (and
-the scans concerned carry an ``exclusion_reason`` where they cannot be used).
+unknown label codes, implausible and missing labels are all returned as :class:`DatasetIssue`
+records, and the scans concerned carry an ``exclusion_reason`` where they cannot be used: an
+image that is missing, a dangling symlink, a symlink loop, a directory or other non-regular file,
+unreadable, or a symlink leading out of the dataset's folder; or an id that is unsafe as a file
+name (it would place the cached array outside the output folder).
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from neurotransfer.config import DataSettings, SourceDatasetSettings
+from neurotransfer.config import (
+    DataSettings,
+    LabelBounds,
+    SourceDatasetSettings,
+    safe_file_name_problem,
+)
 
 # Values real participants tables use for "unknown" (BIDS says n/a).
 MISSING_MARKERS = {"", "n/a", "na", "nan", "none", "null", "?", "-", "unknown"}
@@ -92,17 +103,53 @@ def _require_columns(
             )
 
 
-def _find_bids_images(root: Path) -> dict[str, list[tuple[str, Path]]]:
-    """participant id -> [(scan id, image path)] for every sub-*/[ses-*/]anat/*_T1w.nii[.gz]."""
-    images: dict[str, list[tuple[str, Path]]] = {}
+def _find_bids_images(
+    root: Path, dataset: str, issues: list[DatasetIssue]
+) -> dict[str, list[tuple[str, Path | None]]]:
+    """participant id -> [(scan id, image path)] for every sub-*/[ses-*/]anat/*_T1w.nii[.gz].
+
+    Files that look like T1w images but whose names are not BIDS (``sub-a_T1w.nii.gz.part``),
+    and second files of one scan id (``sub-a_T1w.nii`` beside ``sub-a_T1w.nii.gz``: the first
+    in name order is used), are reported rather than skipped silently.
+    """
+    images: dict[str, list[tuple[str, Path | None]]] = {}
+    seen: set[str] = set()
+    unnamed: list[str] = []
+    repeated: list[str] = []
+    repeated_ids: list[str] = []
     for path in sorted(root.glob("sub-*/anat/*_T1w.nii*")) + sorted(
         root.glob("sub-*/ses-*/anat/*_T1w.nii*")
     ):
         match = T1W_PATTERN.match(path.name)
         if match is None:
+            unnamed.append(str(path.relative_to(root)))
             continue
         subject, entities = match.group(1), match.group(2)
+        if subject + entities in seen:
+            repeated.append(str(path.relative_to(root)))
+            repeated_ids.append(subject + entities)
+            continue
+        seen.add(subject + entities)
         images.setdefault(subject, []).append((subject + entities, path))
+    if unnamed:
+        issues.append(
+            DatasetIssue(
+                dataset,
+                "unrecognised_image_names",
+                f"{len(unnamed)} file(s) named like T1w images are not "
+                f"sub-<id>[_<key>-<value>...]_T1w.nii[.gz] and were not read: {unnamed[:10]}",
+            )
+        )
+    if repeated:
+        issues.append(
+            DatasetIssue(
+                dataset,
+                "duplicate_images",
+                f"{len(repeated)} file(s) repeat a scan id already found (e.g. .nii beside "
+                f".nii.gz, or the same name in two sessions' folders); not read: {repeated[:10]}",
+                sorted(set(repeated_ids)),
+            )
+        )
     return images
 
 
@@ -110,6 +157,7 @@ def _labels(
     table: pd.DataFrame,
     source: SourceDatasetSettings,
     sex_codes: dict[str, list[str]],
+    bounds: LabelBounds,
     dataset: str,
     issues: list[DatasetIssue],
 ) -> pd.DataFrame:
@@ -131,6 +179,22 @@ def _labels(
                     bad.tolist(),
                 )
             )
+        # An impossible age (-3, 460: a typo, months, a swapped column) must not reach a brain-age
+        # model as a target: it becomes missing, so the scan still serves tasks without age.
+        implausible = age.notna() & ~age.between(bounds.age_min, bounds.age_max)
+        if implausible.any():
+            values = sorted({f"{v:g}" for v in age[implausible]})
+            issues.append(
+                DatasetIssue(
+                    dataset,
+                    "implausible_age",
+                    f"age outside [{bounds.age_min:g}, {bounds.age_max:g}] years "
+                    f"(data.label_bounds) for {int(implausible.sum())} participant(s) "
+                    f"(values {values[:10]}); treated as missing",
+                    ids[implausible].tolist(),
+                )
+            )
+            age = age.where(~implausible)
         labels["age"] = age.astype(float)
     else:
         labels["age"] = np.nan
@@ -234,8 +298,94 @@ def _deduplicate(
     return labels.drop_duplicates("participant_id", keep="first"), conflicts
 
 
+def _image_problem(path: Path, folder: Path, follow_external: bool) -> tuple[str, bool]:
+    """Why the scan at `path` cannot be read ('' when it can), and whether it is reached through
+    a symlink leading out of `folder` (a resolved path).
+
+    Checked before anything opens or hashes the file: a dangling symlink, a symlink loop or a
+    directory named ``*_T1w.nii.gz`` would otherwise crash the run, and a pipe would hang it.
+    The variable part of each reason is in parentheses, so metrics can count reasons by kind.
+    """
+    try:
+        real = Path(os.path.realpath(path, strict=True))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"{path}: symlink loop (it never resolves to a file)", False
+        if path.is_symlink():
+            return (
+                f"{path}: dangling symlink (its target {os.readlink(path)} does not exist)",
+                False,
+            )
+        if exc.errno == errno.ENOENT:
+            return f"{path}: does not exist", False
+        return f"{path}: cannot be opened ({exc.strerror})", False
+    external = not real.is_relative_to(folder)
+    if external and not follow_external:
+        return (
+            f"{path}: symlink leading outside the dataset folder (to {real}, outside {folder}; "
+            "set follow_external_symlinks: true for this dataset to use it)",
+            True,
+        )
+    try:
+        mode = real.stat().st_mode
+        if stat.S_ISDIR(mode):
+            return f"{path}: is a directory, not an image file", external
+        if not stat.S_ISREG(mode):
+            return f"{path}: not a regular file (a device, pipe or socket)", external
+        os.close(os.open(real, os.O_RDONLY))
+    except OSError as exc:
+        return f"{path}: cannot be read ({exc.strerror})", external
+    return "", external
+
+
+def _csv_images(
+    labels: pd.DataFrame, paths: pd.Series, table_path: Path
+) -> dict[str, list[tuple[str, Path | None]]]:
+    """participant id -> [(scan id, listed image path or None when the row gives none)].
+
+    A participant listed again is another scan, ``<id>_<k>`` with the smallest k >= 2 that no
+    participant id or earlier scan uses, so scan ids never repeat (rows A, A, A_2 give A, A_3,
+    A_2: A_2 is a participant id).
+    """
+    images: dict[str, list[tuple[str, Path | None]]] = {}
+    taken = set(labels["participant_id"])
+    for pid, listed in zip(labels["participant_id"], paths, strict=True):
+        path = None if _is_missing(listed) else Path(listed.strip())
+        if path is not None and not path.is_absolute():
+            path = table_path.parent / path
+        if pid in images:
+            k = 2
+            while f"{pid}_{k}" in taken:
+                k += 1
+            scan_id = f"{pid}_{k}"
+            taken.add(scan_id)
+        else:
+            scan_id = pid
+        images.setdefault(pid, []).append((scan_id, path))
+    return images
+
+
+def _reference_folder(path: Path, dataset_folder: Path, csv_folder: Path | None) -> Path:
+    """The resolved folder a scan's real file must stay in (external symlink check).
+
+    BIDS: the dataset folder. CSV: the CSV's folder for paths under it; a path the CSV lists
+    elsewhere (absolute, ``../``) was chosen by its author, so only a symlink leading out of
+    that path's own folder counts as external.
+    """
+    if csv_folder is None:
+        return dataset_folder
+    listed = Path(os.path.abspath(path))
+    if listed.is_relative_to(os.path.abspath(csv_folder)):
+        return dataset_folder
+    return Path(os.path.realpath(listed.parent))
+
+
 def ingest_dataset(
-    name: str, source: SourceDatasetSettings, sex_codes: dict[str, list[str]], root: Path
+    name: str,
+    source: SourceDatasetSettings,
+    sex_codes: dict[str, list[str]],
+    root: Path,
+    bounds: LabelBounds | None = None,
 ) -> tuple[pd.DataFrame, list[DatasetIssue]]:
     """All scans of one dataset (columns ``SCAN_COLUMNS``) and the problems found in it."""
     issues: list[DatasetIssue] = []
@@ -249,19 +399,20 @@ def ingest_dataset(
         table_path = base
     table = _read_table(table_path, name)
     _require_columns(table, source, table_path, name)
-    labels = _labels(table, source, source.sex_codes or sex_codes, name, issues)
+    labels = _labels(
+        table, source, source.sex_codes or sex_codes, bounds or LabelBounds(), name, issues
+    )
+    images: dict[str, list[tuple[str, Path | None]]]
     if source.format == "bids":
         labels["participant_id"] = _with_sub_prefix(labels["participant_id"], name, issues)
         labels, conflicts = _deduplicate(labels, name, table_path, issues)
-        images = _find_bids_images(base)
+        images = _find_bids_images(base, name, issues)
+        dataset_folder, csv_folder = Path(os.path.realpath(base)), None
     else:
         conflicts = {}
-        images = {}
-        for pid, rel in zip(labels["participant_id"], table[source.columns.path], strict=True):
-            path = Path(rel.strip())
-            path = path if path.is_absolute() else table_path.parent / path
-            scan_id = f"{pid}_{len(images.get(pid, [])) + 1}" if pid in images else pid
-            images.setdefault(pid, []).append((scan_id, path))
+        images = _csv_images(labels, table[source.columns.path], table_path)
+        dataset_folder = Path(os.path.realpath(table_path.parent))
+        csv_folder = table_path.parent
         labels = labels.drop_duplicates("participant_id", keep="first")
         for pid, scans in images.items():
             if len(scans) > 1:
@@ -275,6 +426,31 @@ def ingest_dataset(
                     )
                 )
 
+    unsafe: list[str] = []  # scan ids that cannot name a cache file
+    followed: list[str] = []  # scan ids reached through a symlink out of the dataset folder
+    refused: list[str] = []  # the same, excluded (follow_external_symlinks: false)
+
+    def scan_problem(scan_id: str, path: Path | None) -> str:
+        """Why this scan is excluded ('' when it is usable); external symlinks are reported."""
+        if problem := safe_file_name_problem(source.id_prefix + scan_id):
+            unsafe.append(scan_id)
+            return (
+                f"{source.id_prefix + scan_id!r}: unsafe id for a cache file name ({problem}; "
+                f"rename it in {table_path.name})"
+            )
+        if path is None:
+            return f"{table_path}: no image path given (row of {scan_id})"
+        reason, external = _image_problem(
+            path,
+            _reference_folder(path, dataset_folder, csv_folder),
+            source.follow_external_symlinks,
+        )
+        if external:
+            (followed if not reason else refused).append(scan_id)
+        if reason and source.format == "csv" and "does not exist" in reason:
+            reason += f" (listed in {table_path.name})"
+        return reason
+
     rows: list[dict[str, object]] = []
     by_id = labels.set_index("participant_id")
     for pid, row in by_id.iterrows():
@@ -287,12 +463,10 @@ def ingest_dataset(
                 }
             )
         for scan_id, path in scans:
-            reason = conflicts.get(str(pid), "")
-            if source.format == "csv" and not path.is_file():
-                reason = f"image {path} listed in {table_path} does not exist"
+            reason = conflicts.get(str(pid), "") or scan_problem(scan_id, path)
             rows.append(
                 {
-                    **_row(name, source, str(pid), scan_id, row, str(path)),
+                    **_row(name, source, str(pid), scan_id, row, "" if path is None else str(path)),
                     "exclusion_reason": reason,
                 }
             )
@@ -334,6 +508,32 @@ def ingest_dataset(
                 orphans,
             )
         )
+    if unsafe:
+        issues.append(
+            DatasetIssue(
+                name,
+                "unsafe_ids",
+                f"{len(unsafe)} id(s) in {table_path.name} cannot name a cache file (allowed: "
+                "letters, digits, '.', '_', '-'; no leading '.', no '..'); those scans are "
+                "excluded",
+                unsafe,
+            )
+        )
+    if followed or refused:
+        issues.append(
+            DatasetIssue(
+                name,
+                "external_symlink",
+                f"{len(followed) + len(refused)} scan(s) are symlinks to files outside "
+                f"{dataset_folder}: "
+                + (
+                    "followed (follow_external_symlinks: true)"
+                    if followed
+                    else "excluded (set follow_external_symlinks: true to use them)"
+                ),
+                followed + refused,
+            )
+        )
     frame = pd.DataFrame(rows, columns=SCAN_COLUMNS)
     return frame, issues
 
@@ -358,7 +558,7 @@ def ingest(settings: DataSettings, root: Path) -> tuple[pd.DataFrame, list[Datas
     """Scans of every dataset named in ``settings.datasets``, with all issues found."""
     frames, issues = [], []
     for name, source in settings.datasets.items():
-        frame, found = ingest_dataset(name, source, settings.sex_codes, root)
+        frame, found = ingest_dataset(name, source, settings.sex_codes, root, settings.label_bounds)
         frames.append(frame)
         issues.extend(found)
     scans = pd.concat(frames, ignore_index=True)

@@ -4,11 +4,16 @@ cache + manifest + QC, written atomically.
 A failing scan never stops the run: its error becomes the ``exclusion_reason`` of its row, and
 a scan that kills its worker process (a crash inside a C library) is found and excluded while
 the others carry on. Scans whose input file, settings and preprocessing code are unchanged since
-the previous run are reused from the previous cache (see ``cache.scan_cache_key``).
+the previous run are reused from the previous cache (see ``cache.scan_cache_key``) once the
+array passes verification (``cache.cached_array_problem``: header, size, recorded sha256); a
+damaged one is recomputed and reported. A run holds the processed folder's lock, replaces the
+cache and QC folders together by renames (``atomic.atomic_directories``), and its worker
+processes die with it.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -24,40 +29,52 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from neurotransfer.atomic import atomic_directory
+from neurotransfer.atomic import atomic_directories, output_lock
 from neurotransfer.config import DataSettings, PreprocessSettings
 from neurotransfer.data.cache import (
     MANIFEST_COLUMNS,
+    cached_array_problem,
+    file_sha256,
     read_manifest,
     scan_cache_key,
     settings_fingerprint,
 )
 from neurotransfer.data.ingest import ingest
 from neurotransfer.data.splits import assign_splits
+from neurotransfer.process_guard import die_with_parent
 
 log = logging.getLogger(__name__)
 
-# What one scan's processing leaves in its manifest row (besides the array).
-RESULT_COLUMNS = ("qc_template_corr", "qc_brain_coverage", "registration_scale", "seconds")
+# What one scan's processing leaves in its manifest row (besides the array and its sha256).
+# Its duration goes to the metrics' timing, not the manifest: a re-run's manifest is then
+# byte-identical to the previous one when nothing changed.
+RESULT_COLUMNS = ("qc_template_corr", "qc_brain_coverage", "registration_scale")
 EXTRA_COLUMNS = [
     "scan_id",
     "source_path",
     "cache_key",
+    "array_sha256",
     "qc_template_corr",
     "qc_brain_coverage",
     "registration_scale",
     "qc_outlier",
-    "seconds",
 ]
 
 _WORKER_SPACE: Any = None  # the TemplateSpace of a worker process, built once
 
 
-def init_worker(settings: PreprocessSettings) -> None:
+def init_worker(settings: PreprocessSettings, parent_pid: int | None = None) -> None:
+    """Set up a process for `process_one_scan`.
+
+    In a pool worker (`parent_pid`: the pid of the process that made the pool) the worker is
+    also tied to its parent, so a kill -9 of the stage never leaves workers behind.
+    """
     import SimpleITK as sitk
 
     from neurotransfer.data.preprocessing import TemplateSpace
 
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     global _WORKER_SPACE
     # One ITK thread per process: parallelism comes from processes, one scan each.
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
@@ -78,6 +95,7 @@ def process_one_scan(source_path: str, out_path: str, seed: int) -> dict[str, An
     np.save(out_path, result.volume.astype(np.float16))
     return {
         "exclusion_reason": "",
+        "array_sha256": file_sha256(out_path),
         "qc_template_corr": result.template_correlation,
         "qc_brain_coverage": result.brain_coverage,
         "registration_scale": result.registration_scale,
@@ -136,12 +154,19 @@ def process_scans(
     while pending:
         try:
             with ProcessPoolExecutor(
-                workers, initializer=init_worker, initargs=(settings,)
+                workers, initializer=init_worker, initargs=(settings, os.getpid())
             ) as pool:
                 futures = {pool.submit(worker, *jobs[i], seed): i for i in pending}
-                for future in as_completed(futures):
-                    results[futures[future]] = future.result()
-                    bar.update()
+                try:
+                    for future in as_completed(futures):
+                        results[futures[future]] = future.result()
+                        bar.update()
+                except BrokenProcessPool:
+                    raise
+                except BaseException:
+                    # Not one scan's failure (disk full, Ctrl-C): stop now, not after the queue.
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
             pending = []
         except BrokenProcessPool as error:
             pending = [i for i in pending if results[i] is None]
@@ -205,6 +230,59 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
+def _drop_damaged_arrays(
+    scans: pd.DataFrame,
+    todo: Any,
+    previous: dict[str, dict[str, Any]],
+    root: Path,
+    shape: tuple[int, ...],
+) -> list[dict[str, str]]:
+    """Verify every previous array about to be reused; drop damaged ones from `previous`.
+
+    A dropped entry is recomputed. Returns what was found, for the metrics. Sound entries from a
+    manifest without ``array_sha256`` gain the digest they hash to.
+    """
+    damaged: list[dict[str, str]] = []
+    for i in todo:
+        key = scans.at[i, "cache_key"]
+        before = previous.get(key)
+        if before is None or not before["path"]:
+            continue  # not reused, or a recorded failure (no array)
+        problem, digest = cached_array_problem(
+            root / before["path"], shape, str(before.get("array_sha256", ""))
+        )
+        if problem:
+            log.warning("%s: damaged cached array (%s); recomputing it", before["path"], problem)
+            damaged.append(
+                {
+                    "dataset": str(scans.at[i, "dataset"]),
+                    "scan_id": str(scans.at[i, "scan_id"]),
+                    "path": str(before["path"]),
+                    "problem": problem,
+                }
+            )
+            del previous[key]
+        else:
+            before["array_sha256"] = digest
+    return damaged
+
+
+def _holding_output_lock(
+    run: Callable[[DataSettings, Path, bool], dict[str, Any]],
+) -> Callable[..., dict[str, Any]]:
+    """Run with the processed folder's lock held: a second run on it stops at once, naming it."""
+
+    @functools.wraps(run)
+    def locked(
+        settings: DataSettings, root: Path = Path("."), progress: bool = True
+    ) -> dict[str, Any]:
+        with output_lock(root / settings.processed_dir):
+            return run(settings, root, progress)
+
+    return locked
+
+
+@_holding_output_lock
 def run_preprocess(
     settings: DataSettings, root: Path = Path("."), progress: bool = True
 ) -> dict[str, Any]:
@@ -218,18 +296,28 @@ def run_preprocess(
             "%s: %s %s", issue.dataset, issue.message, issue.subjects[:10] if issue.subjects else ""
         )
     processed = root / settings.processed_dir
-    todo = scans.index[scans["exclusion_reason"] == ""]
-    scans["path"] = ""
-    scans.loc[todo, "path"] = [
-        f"{settings.processed_dir}/{d}/{s}.npy"
-        for d, s in zip(scans.loc[todo, "dataset"], scans.loc[todo, "scan_id"], strict=True)
-    ]
+    processed_real = processed.resolve()
     settings_hash = settings_fingerprint(settings.preprocess, settings.splits.seed)
+    scans["path"] = ""
     scans["cache_key"] = ""
-    scans.loc[todo, "cache_key"] = [
-        scan_cache_key(p, settings_hash) for p in scans.loc[todo, "source_path"]
-    ]
+    for i in scans.index[scans["exclusion_reason"] == ""]:
+        source = scans.at[i, "source_path"]
+        path = f"{settings.processed_dir}/{scans.at[i, 'dataset']}/{scans.at[i, 'scan_id']}.npy"
+        # Ingest refuses unsafe ids; this guards the write itself: never outside processed_dir.
+        if not (root / path).resolve().is_relative_to(processed_real):
+            scans.at[i, "exclusion_reason"] = (
+                f"{source}: output path outside the processed folder ({path}; unsafe scan id)"
+            )
+            continue
+        try:
+            scans.at[i, "cache_key"] = scan_cache_key(source, settings_hash)
+        except OSError as exc:  # vanished or changed since ingest checked it: exclude, go on
+            scans.at[i, "exclusion_reason"] = f"{source}: cannot be read ({exc.strerror or exc})"
+            continue
+        scans.at[i, "path"] = path
+    todo = scans.index[scans["exclusion_reason"] == ""]
     previous = _previous_results(processed, root)
+    damaged = _drop_damaged_arrays(scans, todo, previous, root, settings.preprocess.shape)
     reused = [i for i in todo if scans.at[i, "cache_key"] in previous]
     compute = [i for i in todo if scans.at[i, "cache_key"] not in previous]
     log.info(
@@ -241,9 +329,11 @@ def run_preprocess(
     )
     for column in RESULT_COLUMNS:
         scans[column] = np.nan
+    scans["array_sha256"] = ""
 
     process_start = time.perf_counter()
-    with atomic_directory(processed) as tmp:
+    # The cache and its QC figures are replaced together, or (on any failure) neither is.
+    with atomic_directories([processed, root / settings.qc_dir]) as (tmp, qc_tmp):
 
         def in_tmp(index: Any) -> Path:
             return tmp / Path(scans.at[index, "path"]).relative_to(settings.processed_dir)
@@ -253,14 +343,19 @@ def run_preprocess(
             if before["path"]:
                 _link_or_copy(root / before["path"], in_tmp(i))
             scans.at[i, "exclusion_reason"] = before["exclusion_reason"]
+            scans.at[i, "array_sha256"] = before.get("array_sha256", "")
             for column in RESULT_COLUMNS:
                 scans.at[i, column] = before.get(column, np.nan)
         jobs = [(str(scans.at[i, "source_path"]), str(in_tmp(i))) for i in compute]
         results = process_scans(jobs, settings.preprocess, settings.splits.seed, progress)
         process_seconds = time.perf_counter() - process_start
+        scan_seconds = pd.Series(np.nan, index=scans.index)
         for i, result in zip(compute, results, strict=True):
             for key, value in result.items():
-                scans.at[i, key] = value
+                if key == "seconds":
+                    scan_seconds[i] = value
+                else:
+                    scans.at[i, key] = value
         failed = scans["exclusion_reason"] != ""
         scans.loc[failed, "path"] = ""
 
@@ -275,7 +370,7 @@ def run_preprocess(
         scans["source_path"] = [os.path.relpath(p, root) if p else "" for p in scans["source_path"]]
         manifest = scans[MANIFEST_COLUMNS + EXTRA_COLUMNS]
         manifest.to_csv(tmp / "manifest.csv", index=False, float_format="%.6g")
-        qc_seconds = write_qc(manifest, tmp, root / settings.qc_dir, settings)
+        qc_seconds = write_qc(manifest, tmp, qc_tmp, settings)
 
     n_computed_ok = sum(not r["exclusion_reason"] for r in results)
     reasons = scans.loc[scans["split"] == "excluded", "exclusion_reason"]
@@ -301,6 +396,8 @@ def run_preprocess(
             ],
         },
         "issues": [issue.as_dict() for issue in issues],
+        # Previous arrays that failed verification (header, size, sha256): recomputed.
+        "damaged_cache": {"n": len(damaged), "scans": damaged},
         "qc": {
             "template_corr_median": _finite(scans.loc[ok, "qc_template_corr"].median()),
             "template_corr_min": _finite(scans.loc[ok, "qc_template_corr"].min()),
@@ -317,7 +414,9 @@ def run_preprocess(
             "scans_per_s": round(n_computed_ok / process_seconds, 3)
             if compute and process_seconds > 0
             else None,
-            "mean_scan_s": _finite(scans.loc[compute, "seconds"].mean()) if compute else None,
+            "mean_scan_s": _finite(scan_seconds.mean()) if compute else None,
+            "max_scan_s": _finite(scan_seconds.max()) if compute else None,
+            "slowest_scan": _slowest(scans, scan_seconds),
             "workers": settings.preprocess.workers,
             "cpu_count": os.cpu_count(),
         },
@@ -342,6 +441,15 @@ def _reason_kinds(reasons: pd.Series) -> dict[str, int]:
     """Exclusion reasons without their file names, counted (e.g. 'NaN/Inf voxels': 2)."""
     kinds = reasons.map(lambda r: r.split(": ", 1)[-1].split(" (")[0])
     return {str(k): int(v) for k, v in Counter(kinds).items()}
+
+
+def _slowest(scans: pd.DataFrame, scan_seconds: pd.Series) -> str | None:
+    """``dataset/scan_id`` of the scan that took longest to compute, if any was computed."""
+    timed = scan_seconds.dropna()
+    if timed.empty:
+        return None
+    slowest = timed.idxmax()
+    return f"{scans.at[slowest, 'dataset']}/{scans.at[slowest, 'scan_id']}"
 
 
 def _finite(value: float) -> float | None:

@@ -16,7 +16,8 @@ def select_task_rows(manifest: pd.DataFrame, task_name: str, task: TaskSettings)
     """Rows of the task's datasets and subset, with a float ``target`` (1/0, or years).
 
     Excluded rows and rows without the task's label are removed and their counts logged.
-    Raises ValueError naming the task when it cannot be formed.
+    Raises ValueError naming the task when it cannot be formed, and :class:`TaskDataError`
+    (:func:`check_task_splits`) when a split cannot train or score it.
     """
     rows = manifest[manifest["dataset"].isin(task.datasets)]
     if rows.empty:
@@ -51,14 +52,57 @@ def select_task_rows(manifest: pd.DataFrame, task_name: str, task: TaskSettings)
     where = f"task {task_name!r} (datasets {task.datasets}, subset {task.subset})"
     if rows.empty:
         raise ValueError(f"{where}: no labelled rows")
-    if task.kind == "binary":
-        for split in ("train", "val", "test"):
-            classes = set(rows.loc[rows["split"] == split, "target"])
-            if split == "train" and len(classes) < 2:
-                raise ValueError(
-                    f"{where}: train split has one class only ({classes or 'none'}; "
-                    f"positive={task.positive!r}, negative={task.negative!r})"
+    rows = rows.reset_index(drop=True)
+    check_task_splits(rows, task_name, task)
+    return rows
+
+
+# Every stage that trains a task needs these splits (evaluate also fits regression's age-bias
+# correction and the binary threshold on val). `test` may be empty here (a study scored only on
+# held-out sites, or a training-cost benchmark): evaluate names it when it needs it. A non-empty
+# test split of a binary task must hold both classes. ood_test is optional and may be one class.
+REQUIRED_SPLITS = ("train", "val")
+CHECKED_IF_PRESENT = ("test",)
+MIN_SUBJECTS_PER_SPLIT = 2
+
+
+class TaskDataError(ValueError):
+    """A task's labelled rows cannot train or score it (a split empty or missing a class)."""
+
+
+def check_task_splits(rows: pd.DataFrame, task_name: str, task: TaskSettings) -> None:
+    """Fail, naming the task, the split and what is missing, when a required split has fewer
+    than two subjects or, for a binary task, lacks one of the classes.
+
+    Called when a stage reads its task's rows (``TaskDataModule.setup``), before any training:
+    a validation split without positives would otherwise train a whole schedule against an
+    undefined AUC. ``rows`` are :func:`select_task_rows`' (``split``, ``subject_id``,
+    ``target``).
+    """
+    fix = (
+        f"add subjects to tasks.{task_name}.datasets, widen tasks.{task_name}.subset, or give "
+        "the split a larger fraction (data.splits) and re-run preprocess"
+    )
+    for split in REQUIRED_SPLITS + CHECKED_IF_PRESENT:
+        in_split = rows[rows["split"] == split]
+        n_subjects = int(in_split["subject_id"].nunique())
+        if split in CHECKED_IF_PRESENT and n_subjects == 0:
+            continue
+        if n_subjects < MIN_SUBJECTS_PER_SPLIT:
+            raise TaskDataError(
+                f"task {task_name!r}: split {split!r} has {n_subjects} subject(s), at least "
+                f"{MIN_SUBJECTS_PER_SPLIT} needed; {fix}"
+            )
+        if task.kind != "binary":
+            continue
+        for value, kind, label in (
+            (1.0, "positive", task.positive),
+            (0.0, "negative", task.negative),
+        ):
+            if not (in_split["target"] == value).any():
+                raise TaskDataError(
+                    f"task {task_name!r}: split {split!r} has no {kind} ({label}) subjects "
+                    f"(its {n_subjects} subjects are all "
+                    f"{task.negative if value == 1.0 else task.positive}); a binary task needs "
+                    f"both classes in {', '.join(REQUIRED_SPLITS + CHECKED_IF_PRESENT)}: {fix}"
                 )
-        if not (rows["target"] == 1.0).any():
-            raise ValueError(f"{where}: no rows with the positive label {task.positive!r}")
-    return rows.reset_index(drop=True)

@@ -24,10 +24,12 @@ import pandas as pd
 
 from neurotransfer.evaluation.metrics import (
     COUNT_METRICS,
+    DEFAULT_THRESHOLD,
     binary_metrics_unchecked,
     check_binary,
     check_kind,
     check_regression,
+    check_threshold,
     regression_metrics_unchecked,
 )
 
@@ -84,9 +86,14 @@ def _validated_arrays(frame: pd.DataFrame, kind: str) -> tuple[np.ndarray, dict[
     return target, predictions
 
 
-def _metrics(kind: str, target: np.ndarray, predictions: dict[str, np.ndarray]) -> dict[str, Any]:
+def _metrics(
+    kind: str,
+    target: np.ndarray,
+    predictions: dict[str, np.ndarray],
+    threshold: float = DEFAULT_THRESHOLD,
+) -> dict[str, Any]:
     if kind == "binary":
-        return binary_metrics_unchecked(target, predictions["raw"])
+        return binary_metrics_unchecked(target, predictions["raw"], threshold)
     metrics = regression_metrics_unchecked(target, predictions["raw"])
     if "corrected" in predictions:
         corrected = regression_metrics_unchecked(target, predictions["corrected"])
@@ -158,6 +165,7 @@ def bootstrap_metrics(
     seed: int,
     group_col: str = "subject_id",
     min_subjects: int = MIN_SUBJECTS_FOR_CI,
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> dict[str, dict[str, float]]:
     """Point estimate and percentile bootstrap interval of every metric of `kind`.
 
@@ -165,7 +173,9 @@ def bootstrap_metrics(
     years for regression) and, for regression, optionally ``prediction_corrected``, whose
     metrics are added with a ``_corrected`` suffix and resampled together with the raw ones.
     Count metrics (n, n_positive) are not resampled and are left out. Intervals are NaN when
-    fewer than `min_subjects` subjects are present. Same inputs and seed, same result.
+    fewer than `min_subjects` subjects are present. Binary calls are ``score >= threshold``
+    (chosen beforehand on validation, see `metrics.choose_threshold`; never on these subjects).
+    Same inputs and seed, same result.
 
     Returns ``{metric: {"value", "ci_low", "ci_high"}}``.
     """
@@ -176,7 +186,12 @@ def bootstrap_metrics(
         raise ValueError(f"ci_level must lie strictly between 0 and 1, got {ci_level}")
     require_columns(frame, [group_col, "target", "prediction"])
     target, predictions = _validated_arrays(frame, kind)
-    point = {k: v for k, v in _metrics(kind, target, predictions).items() if k not in COUNT_METRICS}
+    check_threshold(threshold)
+    point = {
+        k: v
+        for k, v in _metrics(kind, target, predictions, threshold).items()
+        if k not in COUNT_METRICS
+    }
     names = list(point)
     result = {
         name: {"value": float(point[name]), "ci_low": float("nan"), "ci_high": float("nan")}
@@ -187,7 +202,9 @@ def bootstrap_metrics(
 
     draws = np.empty((n_resamples, len(names)))
     for i, rows in enumerate(subject_resamples(frame, kind, n_resamples, seed, group_col)):
-        sample = _metrics(kind, target[rows], {k: v[rows] for k, v in predictions.items()})
+        sample = _metrics(
+            kind, target[rows], {k: v[rows] for k, v in predictions.items()}, threshold
+        )
         draws[i] = [sample[name] for name in names]
     tail = 100.0 * (1.0 - ci_level) / 2.0
     for column, name in enumerate(names):
@@ -198,14 +215,14 @@ def bootstrap_metrics(
     return result
 
 
-def _counts(frame: pd.DataFrame, kind: str) -> dict[str, int]:
+def group_counts(frame: pd.DataFrame, kind: str) -> dict[str, int]:
     counts = {"n": len(frame), "n_subjects": int(frame["subject_id"].nunique())}
     if kind == "binary":
         counts["n_positive"] = int((frame["target"] == 1).sum())
     return counts
 
 
-def _site_note(counts: dict[str, int], kind: str) -> str | None:
+def site_note(counts: dict[str, int], kind: str) -> str | None:
     notes = []
     if counts["n_subjects"] < MIN_SUBJECTS_FOR_CI:
         notes.append(f"fewer than {MIN_SUBJECTS_FOR_CI} subjects: no bootstrap interval")
@@ -219,14 +236,20 @@ def _site_note(counts: dict[str, int], kind: str) -> str | None:
 
 
 def evaluate_predictions(
-    frame: pd.DataFrame, kind: str, n_resamples: int, ci_level: float, seed: int
+    frame: pd.DataFrame,
+    kind: str,
+    n_resamples: int,
+    ci_level: float,
+    seed: int,
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> dict[str, dict[str, Any]]:
     """Metrics with subject-level bootstrap intervals for every split, overall and per site.
 
     `frame` has one row per scored scan with columns subject_id, site, split, target and
     prediction (probability for binary tasks, years for regression), and for regression
     optionally prediction_corrected (bias-corrected years; its metrics carry a ``_corrected``
-    suffix, so both the raw and the corrected MAE are reported).
+    suffix, so both the raw and the corrected MAE are reported). Binary calls (balanced
+    accuracy, sensitivity, ...) are ``prediction >= threshold``.
 
     Returns, per split in order of appearance::
 
@@ -249,15 +272,19 @@ def evaluate_predictions(
     for split, split_rows in split_groups(frame):
         per_site: dict[str, dict[str, Any]] = {}
         for site, site_rows in split_rows.groupby("site", sort=True):
-            counts = _counts(site_rows, kind)
+            counts = group_counts(site_rows, kind)
             per_site[str(site)] = {
                 **counts,
-                "metrics": bootstrap_metrics(site_rows, kind, n_resamples, ci_level, seed),
-                "note": _site_note(counts, kind),
+                "metrics": bootstrap_metrics(
+                    site_rows, kind, n_resamples, ci_level, seed, threshold=threshold
+                ),
+                "note": site_note(counts, kind),
             }
         evaluation[split] = {
-            **_counts(split_rows, kind),
-            "metrics": bootstrap_metrics(split_rows, kind, n_resamples, ci_level, seed),
+            **group_counts(split_rows, kind),
+            "metrics": bootstrap_metrics(
+                split_rows, kind, n_resamples, ci_level, seed, threshold=threshold
+            ),
             "per_site": per_site,
         }
         log.info(

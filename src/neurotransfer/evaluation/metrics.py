@@ -89,6 +89,11 @@ def check_binary(y_true: npt.ArrayLike, y_score: npt.ArrayLike) -> tuple[np.ndar
     return truth, score
 
 
+def check_threshold(threshold: float) -> None:
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}")
+
+
 def check_regression(y_true: npt.ArrayLike, y_pred: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     return _paired_vectors(y_true, y_pred, "y_pred")
 
@@ -147,10 +152,63 @@ def binary_metrics(
     A subject is called positive when its score is >= `threshold`. Metrics that need a class
     that is absent (AUC, balanced accuracy, sensitivity or specificity) are NaN.
     """
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}")
+    check_threshold(threshold)
     truth, score = check_binary(y_true, y_score)
     return binary_metrics_unchecked(truth, score, threshold)
+
+
+# Metrics that depend on where probabilities are cut into positive and negative calls.
+THRESHOLDED_METRICS: tuple[str, ...] = (
+    "balanced_accuracy",
+    "f1",
+    "sensitivity",
+    "specificity",
+    "accuracy",
+)
+DEFAULT_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    """The probability cut chosen on validation predictions, and what it achieved there."""
+
+    threshold: float
+    youden_j: float  # sensitivity + specificity - 1 on validation at `threshold`
+    fallback_reason: str | None = None
+
+
+def choose_threshold(y_true: npt.ArrayLike, y_score: npt.ArrayLike) -> ThresholdChoice:
+    """The threshold that maximises Youden's J (equivalently balanced accuracy) on validation.
+
+    Candidates are 0.5 and the midpoints between consecutive distinct validation scores (a
+    subject is positive when its score is >= the threshold), plus 0 (everyone positive); any
+    threshold between two neighbouring scores gives the same calls on validation, and the
+    midpoint keeps a margin to both. Ties in J go to the candidate closest to 0.5, so a model
+    whose validation calls do not change around 0.5 keeps 0.5. A validation set with one class
+    has no J: the threshold stays 0.5 and `fallback_reason` says why. Choose on validation
+    only: a threshold chosen on the subjects it is scored on flatters every thresholded metric.
+    """
+    truth, score = check_binary(y_true, y_score)
+    positive = truth == 1.0
+    n_positive, n_negative = int(positive.sum()), int((~positive).sum())
+    if n_positive == 0 or n_negative == 0:
+        reason = (
+            f"validation has only {'positive' if n_negative == 0 else 'negative'} subjects "
+            f"({truth.size}): no threshold can be chosen, {DEFAULT_THRESHOLD} is used"
+        )
+        log.warning("threshold not chosen: %s", reason)
+        return ThresholdChoice(DEFAULT_THRESHOLD, float("nan"), reason)
+    distinct = np.unique(score)
+    candidates = np.unique(
+        np.concatenate([[DEFAULT_THRESHOLD, 0.0], (distinct[1:] + distinct[:-1]) / 2.0])
+    )
+    calls = score[None, :] >= candidates[:, None]  # [candidate, subject]
+    sensitivity = (calls & positive).sum(axis=1) / n_positive
+    specificity = (~calls & ~positive).sum(axis=1) / n_negative
+    youden = sensitivity + specificity - 1.0
+    best = np.flatnonzero(np.isclose(youden, youden.max(), rtol=0.0, atol=1e-12))
+    chosen = best[np.argmin(np.abs(candidates[best] - DEFAULT_THRESHOLD))]
+    return ThresholdChoice(float(candidates[chosen]), float(youden[chosen]))
 
 
 def pearson_r(x: np.ndarray, y: np.ndarray) -> float:

@@ -1,85 +1,228 @@
-"""`neurotransfer compare`: paired differences between two experiments, as Markdown.
+"""`neurotransfer compare`: does B beat A? One rule for seeds and subjects, as Markdown.
 
-Each side is one revision or several (one per seed). With one revision per side the table gives
-the paired bootstrap difference B - A with its interval and p-value (and DeLong's p for AUC).
-With k revisions per side the i-th of A is paired with the i-th of B, and the table gives mean
-± sd over the k pairs of A, B and the difference, and how many pairs' intervals exclude 0: seed
-variation is often as large as the effect of an initialisation, and a single pair hides it.
+Each side (arm) is one revision or several; every fine-tuning seed of every revision of a side
+(the ``prediction_seed<k>`` columns of its predictions, or its single ``prediction``) is one
+seed of that arm. Subjects are paired across all of them. Per task and split the difference
+B - A of each metric comes from `evaluation.decision`: jackknife pseudo-values, a seed x subject
+random-effects variance, one Satterthwaite t interval and p-value. Each task kind has one
+pre-declared primary metric (AUC, raw MAE); the primaries over tasks and splits are one family
+whose p-values are adjusted for multiplicity (Holm, or Benjamini-Hochberg), and only they
+decide. Every other metric is listed apart, as exploratory and unadjusted.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from neurotransfer.evaluation.paired import DEFAULT_METRICS, paired_bootstrap
-from neurotransfer.reporting.revisions import ExperimentResults
+import numpy as np
+import pandas as pd
+
+from neurotransfer.evaluation.decision import (
+    ADJUST_METHODS,
+    HIGHER_IS_BETTER,
+    PRIMARY_METRIC,
+    PSEUDO_VALUE_METRICS,
+    SEEDS_KEY,
+    adjust_pvalues,
+    metric_difference,
+)
+from neurotransfer.evaluation.metrics import (
+    binary_metrics_unchecked,
+    check_binary,
+    check_regression,
+    regression_metrics_unchecked,
+)
+from neurotransfer.reporting.revisions import ExperimentResults, seed_columns
 
 EVAL_SPLITS = ("test", "ood_test")
 SPLIT_LABELS = {"test": "ID (test)", "ood_test": "OOD (held-out sites)"}
+# Exploratory metrics shown by default (every metric with pseudo-values is computed).
+EXPLORATORY_METRICS: dict[str, tuple[str, ...]] = {
+    "binary": ("balanced_accuracy", "brier"),
+    "regression": ("rmse", "r"),
+}
+ADJUST_LABELS = {"holm": "Holm", "bh": "Benjamini-Hochberg"}
 
 
 @dataclass
 class Comparison:
     labels_a: list[str]
     labels_b: list[str]
-    n_resamples: int
     ci_level: float
-    # (task, split) -> one paired_bootstrap result per seed pair
-    results: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
+    adjust: str
+    # (task, split) -> {"n_subjects", "seeds_a", "seeds_b", "metrics": {name: entry}}; the
+    # primary metric's entry also has "p_adjusted" and "primary": True.
+    results: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     kinds: dict[str, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+
+    @property
+    def alpha(self) -> float:
+        return 1.0 - self.ci_level
+
+
+def _arm_seeds(
+    side: list[ExperimentResults], task: str, split: str
+) -> list[tuple[str, pd.DataFrame]]:
+    """``(seed label, rows with subject_id, target, prediction)`` per seed of an arm's split."""
+    seeds = []
+    for experiment in side:
+        frame = experiment.tasks[task].predictions
+        assert frame is not None, "read with predictions"
+        rows = frame[frame["split"] == split]
+        if rows.empty:
+            return []
+        keyed = rows.assign(_occurrence=rows.groupby("subject_id").cumcount())
+        columns = seed_columns(rows, f"{experiment.label}: {task}")
+        for seed, column in columns.items():
+            label = f"{experiment.label}:seed{seed}" if seed is not None else experiment.label
+            seeds.append(
+                (
+                    label,
+                    keyed[["subject_id", "_occurrence", "target"]].assign(
+                        prediction=keyed[column].to_numpy()
+                    ),
+                )
+            )
+    return seeds
+
+
+def _aligned(
+    seeds_a: list[tuple[str, pd.DataFrame]], seeds_b: list[tuple[str, pd.DataFrame]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Target ``(n,)`` and predictions ``(s_A, n)``, ``(s_B, n)`` on the subjects all seeds share.
+
+    A subject with several scans pairs scan by scan (first with first), as `align_predictions`.
+    """
+    keys = ["subject_id", "_occurrence"]
+    merged = seeds_a[0][1][[*keys, "target"]]
+    for index, (_, frame) in enumerate([*seeds_a, *seeds_b]):
+        merged = merged.merge(
+            frame[[*keys, "target", "prediction"]].rename(
+                columns={"target": f"target_{index}", "prediction": f"prediction_{index}"}
+            ),
+            on=keys,
+            validate="one_to_one",
+        )
+    if merged.empty:
+        raise ValueError("the two sides share no subject: nothing to compare")
+    for index in range(len(seeds_a) + len(seeds_b)):
+        differs = ~np.isclose(merged["target"], merged[f"target_{index}"])
+        if differs.any():
+            raise ValueError(
+                f"{int(differs.sum())} shared subject(s) have different targets in "
+                f"{[*seeds_a, *seeds_b][index][0]} (e.g. "
+                f"{merged.loc[differs, 'subject_id'].head(3).tolist()}): not the same test data"
+            )
+    predictions = merged[[f"prediction_{i}" for i in range(len(seeds_a) + len(seeds_b))]]
+    matrix = predictions.to_numpy(dtype=np.float64).T
+    return merged["target"].to_numpy(np.float64), matrix[: len(seeds_a)], matrix[len(seeds_a) :]
+
+
+def _mean_metric(kind: str, metric: str, target: np.ndarray, predictions: np.ndarray) -> float:
+    """The plain metric averaged over an arm's seeds (what one fine-tuned model scores)."""
+    score = binary_metrics_unchecked if kind == "binary" else regression_metrics_unchecked
+    return float(np.mean([score(target, row)[metric] for row in predictions]))
+
+
+def _compare_split(
+    kind: str, target: np.ndarray, arm_a: np.ndarray, arm_b: np.ndarray, ci_level: float
+) -> dict[str, dict[str, Any]]:
+    check = check_binary if kind == "binary" else check_regression
+    for row in [*arm_a, *arm_b]:
+        check(target, row)
+    entries: dict[str, dict[str, Any]] = {}
+    for metric in PSEUDO_VALUE_METRICS[kind]:
+        try:
+            result = metric_difference(kind, metric, target, arm_a, arm_b, ci_level)
+        except ValueError as err:
+            if metric == PRIMARY_METRIC[kind] or "single fine-tuning seed" in str(err):
+                raise
+            continue  # an exploratory metric undefined here (e.g. one class below 2 subjects)
+        if not math.isfinite(result.difference):
+            continue
+        entries[metric] = {
+            "a": _mean_metric(kind, metric, target, arm_a),
+            "b": _mean_metric(kind, metric, target, arm_b),
+            "difference": result.difference,
+            "ci_low": result.ci_low,
+            "ci_high": result.ci_high,
+            "p_value": result.p_value,
+            "se": result.se,
+            "df": result.df,
+            "seed_sd": result.seed_sd,
+            "higher_is_better": metric in HIGHER_IS_BETTER,
+            "primary": metric == PRIMARY_METRIC[kind],
+        }
+    return entries
 
 
 def compare_experiments(
     side_a: list[ExperimentResults],
     side_b: list[ExperimentResults],
-    n_resamples: int = 2000,
     ci_level: float = 0.95,
-    seed: int = 0,
+    adjust: str = "holm",
     splits: tuple[str, ...] = EVAL_SPLITS,
 ) -> Comparison:
-    """Paired bootstrap of every task and split that both sides of every pair evaluated."""
-    if len(side_a) != len(side_b) or not side_a:
-        raise ValueError(
-            f"each side needs the same number of revisions (one per seed): got {len(side_a)} "
-            f"and {len(side_b)}"
-        )
+    """B - A for every task and split that every revision of both sides evaluated.
+
+    Raises ValueError when an arm has a single fine-tuning seed (training noise cannot be
+    estimated), when the sides score different targets for a subject, or on a bad `adjust`.
+    """
+    if not side_a or not side_b:
+        raise ValueError("each side needs at least one revision")
+    if adjust not in ADJUST_METHODS:
+        raise ValueError(f"unknown --adjust {adjust!r}; expected one of {list(ADJUST_METHODS)}")
+    if not 0.0 < ci_level < 1.0:
+        raise ValueError(f"ci_level must lie strictly between 0 and 1, got {ci_level}")
     comparison = Comparison(
         labels_a=[e.label for e in side_a],
         labels_b=[e.label for e in side_b],
-        n_resamples=n_resamples,
         ci_level=ci_level,
+        adjust=adjust,
     )
-    all_tasks = sorted(set().union(*(e.tasks for e in [*side_a, *side_b])))
-    for task in all_tasks:
-        missing = [e.label for e in [*side_a, *side_b] if task not in e.tasks]
+    everyone = [*side_a, *side_b]
+    for task in sorted(set().union(*(e.tasks for e in everyone))):
+        missing = [e.label for e in everyone if task not in e.tasks]
         if missing:
             comparison.skipped.append(f"`{task}`: not evaluated at {', '.join(missing)}")
             continue
-        kinds = {e.tasks[task].kind for e in [*side_a, *side_b]}
+        kinds = {e.tasks[task].kind for e in everyone}
         if len(kinds) > 1:
             comparison.skipped.append(f"`{task}`: task kind differs between revisions {kinds}")
             continue
         kind = kinds.pop()
         comparison.kinds[task] = kind
         for split in splits:
-            pair_results = []
-            for a, b in zip(side_a, side_b, strict=True):
-                pa, pb = a.tasks[task].predictions, b.tasks[task].predictions
-                assert pa is not None and pb is not None, "read with predictions"
-                rows_a, rows_b = pa[pa["split"] == split], pb[pb["split"] == split]
-                if rows_a.empty or rows_b.empty:
-                    break
-                pair_results.append(
-                    paired_bootstrap(rows_a, rows_b, kind, n_resamples, ci_level, seed)
-                )
-            if len(pair_results) == len(side_a):
-                comparison.results[(task, split)] = pair_results
-            else:
+            seeds_a, seeds_b = _arm_seeds(side_a, task, split), _arm_seeds(side_b, task, split)
+            if not seeds_a or not seeds_b:
                 comparison.skipped.append(f"`{task}` / {split}: no subjects in some revision")
+                continue
+            for name, seeds in (("A", seeds_a), ("B", seeds_b)):
+                if len(seeds) < 2:
+                    raise ValueError(
+                        f"arm {name} ({seeds[0][0]}) has a single fine-tuning seed for `{task}`: "
+                        f"training noise cannot be estimated from one seed, and without it two "
+                        f"seeds of the same configuration come out 'significantly' different. "
+                        f"Train several seeds (set `{SEEDS_KEY}`, e.g. [0, 1, 2]) or pass one "
+                        f"revision per seed (rev1,rev2,rev3)"
+                    )
+            target, arm_a, arm_b = _aligned(seeds_a, seeds_b)
+            comparison.results[(task, split)] = {
+                "n_subjects": int(target.size),
+                "seeds_a": [label for label, _ in seeds_a],
+                "seeds_b": [label for label, _ in seeds_b],
+                "metrics": _compare_split(kind, target, arm_a, arm_b, ci_level),
+            }
+    primaries = [
+        result["metrics"][PRIMARY_METRIC[comparison.kinds[task]]]
+        for (task, _), result in comparison.results.items()
+    ]
+    adjusted = adjust_pvalues([entry["p_value"] for entry in primaries], adjust)
+    for entry, p_adjusted in zip(primaries, adjusted, strict=True):
+        entry["p_adjusted"] = float(p_adjusted)
     return comparison
 
 
@@ -97,83 +240,92 @@ def _p(value: float) -> str:
     return "<0.001" if value < 0.001 else f"{value:.3f}"
 
 
-def _favours(entry: dict[str, Any]) -> str:
-    """Which side the interval favours, or – when it contains 0."""
-    low, high = entry["ci_low"], entry["ci_high"]
-    if not (math.isfinite(low) and math.isfinite(high)) or low <= 0.0 <= high:
-        return "–"
-    b_larger = low > 0.0
+def _better_side(entry: dict[str, Any]) -> str:
+    b_larger = entry["difference"] > 0.0
     return "B" if b_larger == entry["higher_is_better"] else "A"
 
 
-def _mean_sd(values: list[float], signed: bool = False) -> str:
-    finite = [v for v in values if math.isfinite(v)]
-    if not finite:
+def decision(entry: dict[str, Any], alpha: float) -> str:
+    """The primary decision: the better side when the adjusted p is below alpha, else "–"."""
+    p_adjusted = entry.get("p_adjusted", float("nan"))
+    if not math.isfinite(p_adjusted) or p_adjusted >= alpha:
         return "–"
-    sd = statistics.stdev(finite) if len(finite) > 1 else float("nan")
-    mean = _signed(statistics.fmean(finite)) if signed else _fmt(statistics.fmean(finite))
-    return f"{mean} ± {_fmt(sd)}"
+    return _better_side(entry)
 
 
 def comparison_markdown(
-    comparison: Comparison, metrics: dict[str, tuple[str, ...]] | None = None
+    comparison: Comparison, exploratory: dict[str, tuple[str, ...]] | None = None
 ) -> str:
-    """The comparison as one Markdown table (plus a header saying what was compared)."""
-    metrics = metrics or DEFAULT_METRICS
+    """The comparison as Markdown: the rule, the primary table (the decision), exploratory."""
+    exploratory = EXPLORATORY_METRICS if exploratory is None else exploratory
     level = f"{100 * comparison.ci_level:g}%"
-    multi = len(comparison.labels_a) > 1
+    adjust = ADJUST_LABELS[comparison.adjust]
     a = ", ".join(f"`{x}`" for x in comparison.labels_a)
     b = ", ".join(f"`{x}`" for x in comparison.labels_b)
+    n_primary = sum(
+        "p_adjusted" in r["metrics"].get(PRIMARY_METRIC[comparison.kinds[t]], {})
+        for (t, _), r in comparison.results.items()
+    )
     lines = [
         "## Paired comparison",
         "",
         f"A = {a}  ",
         f"B = {b}",
         "",
-        f"Δ = B − A on the subjects both evaluated; paired subject-level bootstrap "
-        f"({comparison.n_resamples} resamples, class-stratified for binary tasks), {level} "
-        f"percentile interval, two-sided p from the null-centred bootstrap; DeLong's test for "
-        f"AUC. *Favours*: the side the interval supports (– when it contains 0).",
+        f"Δ = B − A on the subjects every seed of both sides scored. Every fine-tuning seed is "
+        f"one seed of its arm; per-subject jackknife pseudo-values of each metric, a seed × "
+        f"subject random-effects variance (seed noise and subject sampling, subjects paired), "
+        f"and from the same (Δ, SE, Satterthwaite df): a {level} t interval and a two-sided "
+        f"p-value. One primary metric per task (AUC; raw MAE for regression); the "
+        f"{n_primary} primary tests (tasks × splits) are adjusted together ({adjust}). "
+        f"*Decision*: the better side when the adjusted p < {comparison.alpha:g}, else –.",
         "",
+        "### Primary (decides)",
+        "",
+        f"| task | split | metric | A | B | Δ (B − A) | {level} CI | p | p ({adjust}) "
+        f"| decision | seeds A / B | n |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    if multi:
+    for (task, split), result in comparison.results.items():
+        name = PRIMARY_METRIC[comparison.kinds[task]]
+        e = result["metrics"][name]
+        lines.append(
+            f"| {task} | {SPLIT_LABELS.get(split, split)} | {name} | {_fmt(e['a'])} "
+            f"| {_fmt(e['b'])} | {_signed(e['difference'])} "
+            f"| [{_signed(e['ci_low'])}, {_signed(e['ci_high'])}] | {_p(e['p_value'])} "
+            f"| {_p(e['p_adjusted'])} | {decision(e, comparison.alpha)} "
+            f"| {len(result['seeds_a'])} / {len(result['seeds_b'])} "
+            f"| {result['n_subjects']} |"
+        )
+    if not comparison.results:
+        lines.append("| – | – | no task and split evaluated on both sides | | | | | | | | | |")
+    rows = [
+        (task, split, name, result["metrics"][name])
+        for (task, split), result in comparison.results.items()
+        for name in exploratory.get(comparison.kinds[task], ())
+        if name in result["metrics"]
+    ]
+    if rows:
         lines += [
-            f"{len(comparison.labels_a)} seed pairs (i-th of A with i-th of B): mean ± sd over "
-            f"pairs; *CI excl. 0* counts the pairs whose {level} interval excludes 0.",
             "",
-            "| task | split | metric | A | B | Δ (B − A) | CI excl. 0 | n |",
+            "### Exploratory (unadjusted p-values; not a decision)",
+            "",
+            f"| task | split | metric | A | B | Δ (B − A) | {level} CI | p (unadjusted) |",
             "|---|---|---|---|---|---|---|---|",
         ]
-    else:
+        for task, split, name, e in rows:
+            lines.append(
+                f"| {task} | {SPLIT_LABELS.get(split, split)} | {name} | {_fmt(e['a'])} "
+                f"| {_fmt(e['b'])} | {_signed(e['difference'])} "
+                f"| [{_signed(e['ci_low'])}, {_signed(e['ci_high'])}] | {_p(e['p_value'])} |"
+            )
+    if comparison.results:
+        first = next(iter(comparison.results.values()))
         lines += [
-            f"| task | split | metric | A | B | Δ (B − A) | {level} CI | p (bootstrap) "
-            f"| p (DeLong) | favours | n |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "",
+            f"Seeds: A {len(first['seeds_a'])} ({', '.join(first['seeds_a'])}); "
+            f"B {len(first['seeds_b'])} ({', '.join(first['seeds_b'])}).",
         ]
-    for (task, split), pairs in comparison.results.items():
-        for name in metrics.get(comparison.kinds[task], ()):
-            entries = [p["metrics"][name] for p in pairs if name in p["metrics"]]
-            if len(entries) != len(pairs):
-                continue
-            n = pairs[0]["n_subjects"]
-            head = f"| {task} | {SPLIT_LABELS.get(split, split)} | {name} "
-            if multi:
-                excl = sum(_favours(e) != "–" for e in entries)
-                lines.append(
-                    head + f"| {_mean_sd([e['a'] for e in entries])} "
-                    f"| {_mean_sd([e['b'] for e in entries])} "
-                    f"| {_mean_sd([e['difference'] for e in entries], signed=True)} "
-                    f"| {excl}/{len(entries)} | {n} |"
-                )
-            else:
-                e = entries[0]
-                lines.append(
-                    head + f"| {_fmt(e['a'])} | {_fmt(e['b'])} | {_signed(e['difference'])} "
-                    f"| [{_signed(e['ci_low'])}, {_signed(e['ci_high'])}] | {_p(e['p_value'])} "
-                    f"| {_p(e.get('delong_p_value', float('nan')))} | {_favours(e)} | {n} |"
-                )
-    if not comparison.results:
-        lines.append("| – | – | no task and split evaluated on both sides | | | | | |")
     if comparison.skipped:
         lines += ["", "Not compared:", *(f"- {reason}" for reason in comparison.skipped)]
     return "\n".join(lines) + "\n"

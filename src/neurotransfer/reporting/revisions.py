@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +25,9 @@ log = logging.getLogger(__name__)
 
 METRICS_DIR = "metrics/eval"
 PREDICTIONS = "reports/eval/{task}/predictions.csv"
+# One column per fine-tuning seed when the evaluate stage scored several (k: the seed value);
+# `prediction` is then their mean. Without such columns the revision has one seed.
+SEED_COLUMN = re.compile(r"^prediction_seed(-?\d+)$")
 # The name a user passes for "the files as they are now", as `dvc exp show` calls it.
 WORKSPACE = "workspace"
 
@@ -138,6 +142,29 @@ def read_results(
     if not results.tasks:
         raise RevisionError(f"no evaluated task ({METRICS_DIR}/*.json) at {label!r}")
     return results
+
+
+def seed_columns(predictions: pd.DataFrame, source: str) -> dict[int | None, str]:
+    """``{seed: column}`` of a predictions table: its ``prediction_seed<k>`` columns in seed
+    order, or ``{None: "prediction"}`` when it has none (one seed). `source` names the table in
+    the error raised for a seed column that is not numeric or has missing values."""
+    found = {
+        int(match.group(1)): column
+        for column in predictions.columns
+        if (match := SEED_COLUMN.match(str(column)))
+    }
+    if not found:
+        if "prediction" not in predictions.columns:
+            raise RevisionError(f"{source}: predictions have no 'prediction' column")
+        return {None: "prediction"}
+    for column in found.values():
+        values = pd.to_numeric(predictions[column], errors="coerce")
+        if values.isna().any():
+            raise RevisionError(
+                f"{source}: seed column {column!r} has {int(values.isna().sum())} missing or "
+                f"non-numeric value(s)"
+            )
+    return {seed: found[seed] for seed in sorted(found)}
 
 
 def declared_tasks(reader: Reader) -> set[str] | None:

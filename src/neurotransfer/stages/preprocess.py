@@ -21,6 +21,9 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
     from neurotransfer.data.pipeline import run_preprocess
     from neurotransfer.data.splits import SplitError
 
+    # Unwritable outputs (read-only, disk full, busy, another run's lock) raise
+    # atomic.OutputError, an OSError whose message names the path and the cause: the CLI
+    # prints it as one line (exit 1). Bad datasets or splits are settings problems (exit 2).
     try:
         metrics = run_preprocess(settings.data, Path("."), progress=not args.no_progress)
     except (DatasetError, SplitError) as err:

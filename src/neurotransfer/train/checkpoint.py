@@ -1,17 +1,26 @@
-"""Save and load a fine-tuned task model (backbone + head), or an ensemble of them, without pickle.
+"""Save and load fine-tuned task models (backbone + head) without pickle: one per fine-tuning
+seed, each a single network or a deep ensemble.
 
-Layout of ``models/finetuned/<task>/``: ``model.safetensors`` (the whole TaskModule state:
-backbone, head and the regression target scaling) and ``meta.json`` (everything needed to
-rebuild the modules: architecture, options, input shape, task kind). An ensemble
-(``finetune.ensemble_size`` > 1) adds ``model-<k>.safetensors`` for members k = 1, 2, ... and
-lists every member in ``meta.json``'s ``members``. Written into a temporary directory and
-renamed into place, so a killed run never leaves a half-written model or a partial ensemble.
+Layout of ``models/finetuned/<task>/``::
+
+    meta.json                  the run: task, architecture, options, input shape and the
+                               seed values (``seeds``), in training order
+    seed<k>/                   one per seed value k (``finetune.seed_values()``)
+        model.safetensors      the whole TaskModule state (backbone, head, target scaling)
+        model-<m>.safetensors  ensemble members m = 1, 2, ... (``finetune.ensemble_size`` > 1)
+        meta.json              everything needed to rebuild this seed's module(s), with its
+                               ``members`` (seed, epoch, validation score of each)
+
+Everything is written into one temporary directory and renamed into place, so a killed run, or
+one in which a later seed fails to train, leaves the previous run's models whole (or none),
+never some seeds of a new run beside old ones.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,43 +38,96 @@ def member_file(index: int) -> str:
     return MODEL_FILE if index == 0 else f"model-{index}.safetensors"
 
 
-def save_task_model(
-    modules: TaskModule | Sequence[TaskModule], directory: str | Path, meta: dict[str, Any]
-) -> Path:
-    """Write one model or an ensemble atomically (temporary sibling folder, then rename).
+def seed_dir(seed_value: int) -> str:
+    """Folder (inside the task's model folder) of the model trained with seed value `seed_value`."""
+    return f"seed{seed_value}"
 
-    With more than one module, ``meta["members"]`` must list one record per module (the
-    loader counts members from it).
-    """
+
+@dataclass
+class SeedModel:
+    """The module(s) trained with one fine-tuning seed value: one network or an ensemble."""
+
+    seed: int
+    modules: list[TaskModule]
+    meta: dict[str, Any]
+
+
+def _members(modules: TaskModule | Sequence[TaskModule], directory: Path) -> list[TaskModule]:
     members = [modules] if isinstance(modules, TaskModule) else list(modules)
     if not members:
         raise ValueError(f"{directory}: no model to save")
+    return members
+
+
+def _check_member_records(members: list[TaskModule], directory: Path, meta: dict[str, Any]) -> None:
     listed = meta.get("members")
     if len(members) > 1 and (not isinstance(listed, list) or len(listed) != len(members)):
         raise ValueError(
             f"{directory}: {len(members)} ensemble members but meta['members'] lists "
             f"{len(listed) if isinstance(listed, list) else 'none'}"
         )
+
+
+def _write_members(members: list[TaskModule], folder: Path, meta: dict[str, Any]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, module in enumerate(members):
+        state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+        save_file(state, str(folder / member_file(index)))
+    (folder / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def save_task_model(
+    modules: TaskModule | Sequence[TaskModule], directory: str | Path, meta: dict[str, Any]
+) -> Path:
+    """Write one model or an ensemble atomically (temporary sibling folder, then rename).
+
+    With more than one module, ``meta["members"]`` must list one record per module (the
+    loader counts members from it). This is the layout of one seed's folder.
+    """
+    directory = Path(directory)
+    members = _members(modules, directory)
+    _check_member_records(members, directory, meta)
     with atomic_directory(directory) as tmp:
-        for index, module in enumerate(members):
-            state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-            save_file(state, str(tmp / member_file(index)))
+        _write_members(members, tmp, meta)
+    return directory
+
+
+def save_seed_models(
+    seed_models: Sequence[SeedModel], directory: str | Path, run_meta: dict[str, Any]
+) -> Path:
+    """Write every seed's model(s) and the run's ``meta.json`` in one atomic replacement.
+
+    `run_meta` is completed with ``seeds`` (the seed values, in training order); each seed's
+    ``meta`` goes to ``seed<k>/meta.json``.
+    """
+    directory = Path(directory)
+    if not seed_models:
+        raise ValueError(f"{directory}: no seed's model to save")
+    values = [model.seed for model in seed_models]
+    if len(set(values)) != len(values):
+        raise ValueError(f"{directory}: seed values {values} repeat; each needs its own folder")
+    checked = []
+    for model in seed_models:
+        folder = directory / seed_dir(model.seed)
+        members = _members(model.modules, folder)
+        _check_member_records(members, folder, model.meta)
+        checked.append((model.seed, members, model.meta))
+    meta = {**run_meta, "seeds": values}
+    with atomic_directory(directory) as tmp:
+        for seed_value, members, seed_meta in checked:
+            _write_members(members, tmp / seed_dir(seed_value), seed_meta)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return Path(directory)
+    return directory
 
 
 def load_task_models(directory: str | Path) -> tuple[list[TaskModule], dict[str, Any]]:
-    """Rebuild the saved TaskModule(s) in eval mode, with the metadata: one module for a single
-    model, one per member for an ensemble."""
+    """Rebuild the saved TaskModule(s) of one folder (one seed's) in eval mode, with the
+    metadata: one module for a single model, one per member for an ensemble."""
     from neurotransfer.models import TaskHead, build_backbone
 
     directory = Path(directory)
-    meta_path = directory / META_FILE
-    if not meta_path.is_file():
-        raise FileNotFoundError(
-            f"{meta_path}: fine-tuned model file missing (run the finetune stage first)"
-        )
-    meta = json.loads(meta_path.read_text())
+    # One seed's folder: models/finetuned/<task>/seed<k>/
+    meta = _read_meta(directory / META_FILE, task=directory.parent.name)
     listed = meta.get("members")
     n_members = len(listed) if isinstance(listed, list) and listed else 1
     modules = []
@@ -73,8 +135,8 @@ def load_task_models(directory: str | Path) -> tuple[list[TaskModule], dict[str,
         model_path = directory / member_file(index)
         if not model_path.is_file():
             raise FileNotFoundError(
-                f"{model_path}: fine-tuned model file missing (member {index} of {n_members}; "
-                "run the finetune stage first)"
+                f"{model_path}: fine-tuned model file missing (member {index} of {n_members}): "
+                f"re-run `dvc repro finetune@{directory.parent.name}`"
             )
         backbone = build_backbone(
             meta["model"], tuple(meta["input_shape"]), **meta["model_options"]
@@ -90,3 +152,39 @@ def load_task_models(directory: str | Path) -> tuple[list[TaskModule], dict[str,
             )
         modules.append(module.eval())
     return modules, meta
+
+
+def load_seed_models(directory: str | Path) -> tuple[list[SeedModel], dict[str, Any]]:
+    """Every seed's module(s) of a task's model folder, in training order, and the run's meta."""
+    directory = Path(directory)
+    meta_path = directory / META_FILE
+    meta = _read_meta(meta_path, task=directory.name)
+    values = meta.get("seeds")
+    if not isinstance(values, list) or not values:
+        raise ValueError(
+            f"{meta_path}: lists no fine-tuning seeds (`seeds`); the folder was written by an "
+            "older version with one model and no seed folders: re-run the finetune stage "
+            f"(`dvc repro finetune@{directory.name}`)"
+        )
+    seed_models = []
+    for value in values:
+        modules, seed_meta = load_task_models(directory / seed_dir(int(value)))
+        seed_models.append(SeedModel(int(value), modules, seed_meta))
+    return seed_models, meta
+
+
+def _read_meta(meta_path: Path, task: str) -> dict[str, Any]:
+    """A model folder's ``meta.json``; missing or unreadable, an error saying which stage
+    writes it (evaluate run before finetune, or a damaged folder)."""
+    rerun = f"`dvc repro finetune@{task}`"
+    if not meta_path.is_file():
+        raise FileNotFoundError(
+            f"{meta_path}: fine-tuned model not found (run the finetune stage first: {rerun})"
+        )
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{meta_path}: not valid JSON ({err}); re-run {rerun}") from err
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_path}: expected a JSON object; re-run {rerun}")
+    return meta

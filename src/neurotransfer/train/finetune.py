@@ -2,7 +2,9 @@
 
 Reads the processed cohort through the data package's ``TaskDataModule``, builds the backbone
 named in ``settings.model`` with the ``pretrain`` stage's weights (``models/pretrained/``, for
-every source, ``scratch`` included), trains a TaskModule and saves it as safetensors.
+every source, ``scratch`` included), trains a TaskModule once per fine-tuning seed
+(``finetune.seeds``; each seed a single network or a deep ensemble) and saves them all as
+safetensors (layout: ``train.checkpoint``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 
 from neurotransfer.config import FinetuneSettings, Settings, SettingsError, TaskSettings
-from neurotransfer.train.checkpoint import member_file, save_task_model
+from neurotransfer.train.checkpoint import SeedModel, member_file, save_seed_models, seed_dir
 from neurotransfer.train.fit import FitResult, fit_task_model
 from neurotransfer.train.module import OptimConfig, TaskModule
 
@@ -176,66 +178,159 @@ def train_task(
     return TrainedTask(module, result, init_record, train_frame, val_frame, target_mean, target_std)
 
 
-# Ensemble members k > 0 log in <task's dvclive folder>/members/<k>/.
+# Seeds after the first log in <task's dvclive folder>/seeds/seed<k>/, ensemble members m > 0
+# of a seed in <that seed's folder>/members/<m>/.
+SEED_LOGS = "seeds"
 MEMBER_LOGS = "members"
 
 
-def member_log_dir(root: Path, task_name: str, index: int) -> Path:
-    """dvclive folder of ensemble member `index`: member 0 logs where a single model does (the
-    folder ``dvc.yaml`` declares), members k > 0 in ``members/<k>/`` beneath it."""
-    folder = root / "dvclive" / "finetune" / task_name
-    return folder if index == 0 else folder / MEMBER_LOGS / str(index)
+def task_log_dir(root: Path, task_name: str) -> Path:
+    """The dvclive folder ``dvc.yaml`` declares for the task (the first seed's first model)."""
+    return root / "dvclive" / "finetune" / task_name
+
+
+def model_log_dir(
+    root: Path, task_name: str, seed_index: int, seed_value: int, member: int = 0
+) -> Path:
+    """dvclive folder of one trained network: the first seed (index 0) logs where ``dvc.yaml``
+    declares, seed index i > 0 in ``seeds/seed<value>/`` beneath it; within a seed, ensemble
+    member 0 logs in the seed's folder and member m > 0 in ``members/<m>/`` beneath that."""
+    folder = task_log_dir(root, task_name)
+    if seed_index > 0:
+        folder = folder / SEED_LOGS / seed_dir(seed_value)
+    return folder if member == 0 else folder / MEMBER_LOGS / str(member)
+
+
+@dataclass
+class SeedRun:
+    """The network(s) trained with one seed value: one model, or an ensemble's members."""
+
+    seed: int
+    member_seeds: list[int]
+    members: list[TrainedTask]
+
+    @property
+    def best_score(self) -> float:
+        """The members' mean validation score (the single model's for one member)."""
+        return float(np.mean([m.result.best_score for m in self.members]))
+
+    def member_records(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "seed": member_seed,
+                "file": member_file(index),
+                "best_epoch": trained.result.best_epoch,
+                "best_score": trained.result.best_score,
+                "epochs_run": trained.result.epochs_run,
+                "train_seconds": round(trained.result.seconds, 2),
+            }
+            for index, (member_seed, trained) in enumerate(
+                zip(self.member_seeds, self.members, strict=True)
+            )
+        ]
+
+
+def train_seed(settings: Settings, task_name: str, root: Path, seed_index: int) -> SeedRun:
+    """Train the model (or the ensemble) of seed index `seed_index` of `finetune.seed_values()`."""
+    ft = settings.finetune
+    seed_value = ft.seed_values()[seed_index]
+    member_seeds = ft.member_seeds(seed_value)
+    members: list[TrainedTask] = []
+    for member, member_seed in enumerate(member_seeds):
+        log.info(
+            "seed %d (%d of %d)%s: training seed %d",
+            seed_value,
+            seed_index + 1,
+            ft.seeds,
+            f", ensemble member {member + 1} of {len(member_seeds)}"
+            if len(member_seeds) > 1
+            else "",
+            member_seed,
+        )
+        trained = train_task(
+            settings,
+            task_name,
+            root,
+            finetune=ft.model_copy(update={"seed": member_seed}),
+            log_dir=model_log_dir(root, task_name, seed_index, seed_value, member),
+        )
+        # The weights are saved once every seed has trained: keep them off the accelerator.
+        trained.module.cpu()
+        members.append(trained)
+    return SeedRun(seed_value, member_seeds, members)
+
+
+def _seed_meta(settings: Settings, task_name: str, run: SeedRun) -> dict[str, Any]:
+    """``seed<k>/meta.json``: what rebuilding and describing this seed's module(s) needs."""
+    task = task_settings(settings, task_name)
+    first = run.members[0]
+    return {
+        "task": task_name,
+        "kind": task.kind,
+        "model": settings.model.name,
+        "model_options": settings.model.options,
+        "input_shape": list(settings.data.preprocess.shape),
+        "init": first.init_record,
+        "mode": settings.finetune.mode,
+        "seed": run.seed,
+        "select_epoch": settings.finetune.select_epoch,
+        "best_epoch": first.result.best_epoch,
+        "monitor": first.result.monitor,
+        "best_score": first.result.best_score,
+        "target_mean": first.target_mean,
+        "target_std": first.target_std,
+        "ensemble_size": len(run.members),
+        "members": run.member_records(),
+    }
+
+
+def _seed_metrics(run: SeedRun) -> dict[str, Any]:
+    """One seed's entry of the finetune metrics (for an ensemble: the members' mean score, the
+    first member's epochs, and every member's record)."""
+    first = run.members[0].result
+    entry: dict[str, Any] = {
+        "seed": run.seed,
+        f"best_{first.monitor}": run.best_score,
+        "best_epoch": first.best_epoch,
+        "epochs_run": first.epochs_run,
+        "train_seconds": round(sum(m.result.seconds for m in run.members), 2),
+    }
+    if len(run.members) > 1:
+        # Keyed, not a list: `dvc metrics show/diff` flatten dicts into one column per value.
+        entry["members"] = {
+            f"member{index}": {k: v for k, v in record.items() if k != "file"}
+            for index, record in enumerate(run.member_records())
+        }
+    return entry
 
 
 def run_finetune(
     settings: Settings, task_name: str, root: Path = Path(".")
 ) -> dict[str, Any] | None:
-    """Fine-tune `task_name`; write the model and return the metrics to record.
+    """Fine-tune `task_name` once per seed value; write the models and return the metrics.
 
-    With ``finetune.ensemble_size`` > 1 the recipe runs once per member seed
-    (`FinetuneSettings.member_seeds`) and the members are saved together, once all have
-    trained: a run killed part-way leaves the previous model in place and restarts from the
-    first member.
+    Seed values are ``finetune.seed_values()`` (``seed * seeds + k``); with
+    ``finetune.ensemble_size`` > 1 each seed value trains an ensemble whose member seeds derive
+    from it (`FinetuneSettings.member_seeds`), so no two networks share a seed. All seeds are
+    saved together, once the last has trained: a run killed or failing part-way leaves the
+    previous models in place and restarts from the first seed.
 
-    Under DDP every process trains, but only the global-zero process writes the model and gets
+    Under DDP every process trains, but only the global-zero process writes the models and gets
     the metrics back (the others return None), so no two processes write the same file.
     """
     task = task_settings(settings, task_name)
     ft = settings.finetune
-    seeds = ft.member_seeds()
-    # Logs of an earlier, larger ensemble. ignore_errors: under DDP every process gets here.
-    shutil.rmtree(member_log_dir(root, task_name, 0) / MEMBER_LOGS, ignore_errors=True)
-    members: list[TrainedTask] = []
-    for index, seed in enumerate(seeds):
-        if len(seeds) > 1:
-            log.info("ensemble member %d of %d (seed %d)", index + 1, len(seeds), seed)
-        members.append(
-            train_task(
-                settings,
-                task_name,
-                root,
-                finetune=ft.model_copy(update={"seed": seed}),
-                log_dir=member_log_dir(root, task_name, index),
-            )
-        )
-    first = members[0]
-    result, init_record = first.result, first.init_record
-    train_frame, val_frame = first.train_frame, first.val_frame
+    # Logs of an earlier run with more seeds or members. ignore_errors: under DDP every process
+    # gets here.
+    for stale in (SEED_LOGS, MEMBER_LOGS):
+        shutil.rmtree(task_log_dir(root, task_name) / stale, ignore_errors=True)
+    runs = [train_seed(settings, task_name, root, index) for index in range(ft.seeds)]
 
+    first = runs[0].members[0]
+    result, init_record = first.result, first.init_record
     if not result.is_global_zero:
         return None
-    member_records = [
-        {
-            "seed": seed,
-            "file": member_file(index),
-            "best_epoch": trained.result.best_epoch,
-            "best_score": trained.result.best_score,
-            "epochs_run": trained.result.epochs_run,
-            "train_seconds": round(trained.result.seconds, 2),
-        }
-        for index, (seed, trained) in enumerate(zip(seeds, members, strict=True))
-    ]
-    meta = {
+    run_meta = {
         "task": task_name,
         "kind": task.kind,
         "model": settings.model.name,
@@ -244,32 +339,41 @@ def run_finetune(
         "init": init_record,
         "mode": ft.mode,
         "seed": ft.seed,
+        "n_seeds": len(runs),
+        "ensemble_size": ft.ensemble_size,
         "select_epoch": ft.select_epoch,
-        "best_epoch": result.best_epoch,
         "monitor": result.monitor,
-        "best_score": result.best_score,
-        "target_mean": first.target_mean,
-        "target_std": first.target_std,
-        "ensemble_size": len(members),
-        "members": member_records,
     }
-    save_task_model([trained.module for trained in members], root / FINETUNED_DIR / task_name, meta)
-    seconds = sum(trained.result.seconds for trained in members)
-    epochs = sum(trained.result.epochs_run for trained in members)
+    save_seed_models(
+        [
+            SeedModel(
+                run.seed, [m.module for m in run.members], _seed_meta(settings, task_name, run)
+            )
+            for run in runs
+        ],
+        root / FINETUNED_DIR / task_name,
+        run_meta,
+    )
+    trained = [m for run in runs for m in run.members]
+    seconds = sum(m.result.seconds for m in trained)
+    epochs = sum(m.result.epochs_run for m in trained)
+    scores = [run.best_score for run in runs]
     metrics: dict[str, Any] = {
         "task": task_name,
         "kind": task.kind,
         "model": settings.model.name,
         "init": init_record["source"],
-        "n_train": len(train_frame),
-        "n_val": len(val_frame),
-        # With select_epoch "last" the "best" entries describe the last epoch, the one kept.
-        # For an ensemble: the score is the members' mean, the epochs are member 0's, and
-        # `members` has each member's.
+        "n_train": len(first.train_frame),
+        "n_val": len(first.val_frame),
         "select_epoch": ft.select_epoch,
-        f"best_{result.monitor}": float(np.mean([m.result.best_score for m in members])),
-        "best_epoch": result.best_epoch,
-        "epochs_run": result.epochs_run,
+        "monitor": result.monitor,
+        "n_seeds": len(runs),
+        # Means over the seeds; `seeds` has each seed's. With select_epoch "last" the "best"
+        # entries describe the last epoch, the one kept.
+        f"best_{result.monitor}": float(np.mean(scores)),
+        f"best_{result.monitor}_seed_sd": float(np.std(scores, ddof=1)) if len(runs) > 1 else 0.0,
+        "best_epoch": float(np.mean([run.members[0].result.best_epoch for run in runs])),
+        "epochs_run": float(np.mean([run.members[0].result.epochs_run for run in runs])),
         "train_seconds": round(seconds, 2),
         "seconds_per_epoch": round(seconds / max(1, epochs), 3),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
@@ -277,12 +381,9 @@ def run_finetune(
         "trainable_parameters": int(
             np.sum([p.numel() for p in first.module.parameters() if p.requires_grad])
         ),
+        # Keyed by seed value, not a list: `dvc metrics show/diff` flatten dicts.
+        "seeds": {seed_dir(run.seed): _seed_metrics(run) for run in runs},
     }
-    if len(members) > 1:
-        metrics["ensemble_size"] = len(members)
-        # Keyed, not a list: `dvc metrics show/diff` flatten dicts into one column per value.
-        metrics["members"] = {
-            f"member{index}": {k: v for k, v in record.items() if k != "file"}
-            for index, record in enumerate(member_records)
-        }
+    if ft.ensemble_size > 1:
+        metrics["ensemble_size"] = ft.ensemble_size
     return metrics

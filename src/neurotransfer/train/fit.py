@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FitResult:
+    # The monitored quantity (`monitor`, e.g. "val_loss") at the kept epoch.
     best_score: float
     best_epoch: int
     epochs_run: int
@@ -28,22 +29,45 @@ class FitResult:
     monitor: str
     # False on every DDP process but rank 0: callers write models and metrics only where True.
     is_global_zero: bool = True
+    # Every validation value logged at the kept epoch (val_loss and val_auc / val_mae), so the
+    # task metric of the kept weights is known whichever quantity was monitored.
+    kept_epoch_metrics: dict[str, float] = field(default_factory=dict)
+
+
+# Monitored values this close count as equal, and ties go to the later epoch: a saturated
+# metric (AUC 1.0 on a small validation set) then keeps the weights trained longest, not the
+# first epoch that happened to reach it. Relative to the value, with an absolute floor for 0.
+TIE_REL_TOL = 1e-6
+TIE_ABS_TOL = 1e-9
+
+
+def at_least_as_good(score: float, best: float, mode: str) -> bool:
+    """Whether `score` beats `best` or ties it (within the tolerance above) in direction `mode`."""
+    if math.isnan(best):
+        return not math.isnan(score)  # anything finite beats a NaN kept so far
+    if math.isclose(score, best, rel_tol=TIE_REL_TOL, abs_tol=TIE_ABS_TOL):
+        return True
+    return score > best if mode == "max" else score < best
 
 
 class BestWeights(Callback):
     """Keep the best validation epoch's weights in memory (no pickled checkpoint files).
 
-    With ``keep_last`` it keeps the last validated epoch's weights instead (and that epoch's
-    score): the full schedule's end point, for validation sets too small to pick an epoch from.
-    The fine-tuned model is saved once, as safetensors, after training; nothing on disk is
-    written mid-run, so a run killed at any point leaves no partial model behind.
+    "Best" is the best monitored value; of equal values (within ``TIE_REL_TOL``) the later
+    epoch wins. With ``keep_last`` it keeps the last validated epoch's weights instead (and
+    that epoch's score): the full schedule's end point, for validation sets too small to pick
+    an epoch from. The fine-tuned model is saved once, as safetensors, after training; nothing
+    on disk is written mid-run, so a run killed at any point leaves no partial model behind.
     """
 
     def __init__(self, monitor: str, mode: str, keep_last: bool = False) -> None:
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         self.monitor, self.mode, self.keep_last = monitor, mode, keep_last
         self.best_score = -math.inf if mode == "max" else math.inf
         self.best_epoch = -1
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_metrics: dict[str, float] = {}
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -52,9 +76,15 @@ class BestWeights(Callback):
         if value is None:
             return
         score = float(value)
-        better = score > self.best_score if self.mode == "max" else score < self.best_score
-        if better or self.keep_last or self.best_state is None:
+        # A NaN loss never counts as better (every comparison with NaN is False).
+        keep = self.keep_last or self.best_state is None
+        if keep or at_least_as_good(score, self.best_score, self.mode):
             self.best_score, self.best_epoch = score, trainer.current_epoch
+            self.best_metrics = {
+                key: float(v)
+                for key, v in trainer.callback_metrics.items()
+                if key.startswith("val_") and v.numel() == 1
+            }
             self.best_state = {
                 k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()
             }
@@ -63,15 +93,20 @@ class BestWeights(Callback):
         if trainer.world_size > 1 and self.best_state is not None:
             # Under DDP the parameters agree across ranks, but BatchNorm running statistics
             # do not (each rank updates its own after DDP's start-of-forward broadcast). The
-            # monitored metric is synced, so every rank picked the same epoch; rank 0's copy
+            # monitored value is synced, so every rank picked the same epoch; rank 0's copy
             # is made everyone's, so all ranks hold, and may save, identical weights.
-            self.best_score, self.best_epoch, self.best_state = trainer.strategy.broadcast(
-                (self.best_score, self.best_epoch, self.best_state), src=0
+            state = (self.best_score, self.best_epoch, self.best_state, self.best_metrics)
+            self.best_score, self.best_epoch, self.best_state, self.best_metrics = (
+                trainer.strategy.broadcast(state, src=0)
             )
 
 
 def resolve_precision(setting: str) -> str:
-    """'auto' means bf16 mixed precision on a GPU that supports it, else full fp32."""
+    """'auto' means bf16 mixed precision on a GPU that supports it, else full fp32.
+
+    An explicit setting is passed to Lightning as it is: "bf16-mixed" on the CPU runs the
+    forward pass under CPU autocast to bfloat16 (weights, optimizer and loss stay fp32);
+    benchmarks/train_step_cpu.py measures what it gains on a given CPU."""
     if setting != "auto":
         return setting
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
@@ -86,8 +121,8 @@ def apply_speedups(module: TaskModule, settings: FinetuneSettings) -> None:
     safetensors are unchanged; the CPU profile enables neither.
     """
     if settings.channels_last:
-        # cuDNN then picks NDHWC kernels (input with one channel is already in that layout);
-        # only 5-D tensors (conv weights) change layout.
+        # cuDNN (GPU) and oneDNN (CPU) then pick NDHWC kernels (input with one channel is
+        # already in that layout); only 5-D tensors (conv weights) change layout.
         module.backbone.to(memory_format=torch.channels_last_3d)
     if settings.compile:
         module.backbone.compile()
@@ -132,9 +167,10 @@ def fit_task_model(
     extra_callbacks: list[Callback] | None = None,
     **trainer_overrides: Any,
 ) -> FitResult:
-    """Train with early stopping on the validation metric; leave the best epoch's weights loaded
-    (or, with ``settings.select_epoch == "last"``, the last epoch's)."""
-    monitor, mode = module.monitor
+    """Train with early stopping on the monitored validation value (``settings.monitor``: the
+    loss or the task metric); leave the best epoch's weights loaded (ties: the later epoch), or,
+    with ``settings.select_epoch == "last"``, the last epoch's."""
+    monitor, mode = module.monitor_for(settings.monitor)
     best = BestWeights(monitor, mode, keep_last=settings.select_epoch == "last")
     callbacks: list[Callback] = [best, *(extra_callbacks or [])]
     if settings.early_stopping_patience > 0:
@@ -159,4 +195,5 @@ def fit_task_model(
         seconds=seconds,
         monitor=monitor,
         is_global_zero=trainer.is_global_zero,
+        kept_epoch_metrics=best.best_metrics,
     )

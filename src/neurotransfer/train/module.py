@@ -13,12 +13,17 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAUROC
 from torchmetrics.regression import MeanAbsoluteError
 
 from neurotransfer.train.schedules import warmup_cosine_factor
 
 TaskKind = Literal["binary", "regression"]
+# What early stopping and best-epoch selection follow: the validation loss, or the task metric
+# (AUC / MAE), which saturates on a few dozen validation subjects (AUC 1.0 while the
+# probabilities barely separate the classes) where the loss still moves.
+MonitorQuantity = Literal["loss", "metric"]
 
 
 @dataclass(frozen=True)
@@ -88,11 +93,24 @@ class TaskModule(L.LightningModule):
                 p.requires_grad_(False)
         self.loss_fn: nn.Module = nn.BCEWithLogitsLoss() if kind == "binary" else nn.MSELoss()
         self.val_metric = BinaryAUROC() if kind == "binary" else MeanAbsoluteError()
+        # The mean validation loss over subjects, as a torchmetrics metric so that DDP ranks
+        # sum their (loss x batch size) and counts before dividing: every rank then sees the
+        # same value and picks the same epoch, as with the task metric.
+        self.val_loss_mean = MeanMetric()
 
     @property
-    def monitor(self) -> tuple[str, Literal["min", "max"]]:
-        """The validation metric that early stopping and checkpointing follow."""
+    def metric(self) -> tuple[str, Literal["min", "max"]]:
+        """The task's validation metric and the direction that is better."""
         return ("val_auc", "max") if self.kind == "binary" else ("val_mae", "min")
+
+    def monitor_for(self, quantity: MonitorQuantity) -> tuple[str, Literal["min", "max"]]:
+        """The logged key (and its better direction) that early stopping and best-epoch
+        selection follow: ``val_loss`` (BCE or the standardised-target MSE) or the metric."""
+        if quantity == "loss":
+            return "val_loss", "min"
+        if quantity == "metric":
+            return self.metric
+        raise ValueError(f"unknown monitor {quantity!r}; expected 'loss' or 'metric'")
 
     def train(self, mode: bool = True) -> TaskModule:
         super().train(mode)
@@ -145,12 +163,14 @@ class TaskModule(L.LightningModule):
         self.val_metric.update(
             self.to_task_units(out), target.long() if self.kind == "binary" else target
         )
-        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(target))
+        self.val_loss_mean.update(loss.detach(), weight=len(target))
 
     def on_validation_epoch_end(self) -> None:
-        name, _ = self.monitor
+        name, _ = self.metric
         self.log(name, self.val_metric.compute(), prog_bar=True)
+        self.log("val_loss", self.val_loss_mean.compute(), prog_bar=True)
         self.val_metric.reset()
+        self.val_loss_mean.reset()
 
     def configure_optimizers(self) -> dict[str, Any]:
         head_lr = self.optim.head_lr or self.optim.lr
