@@ -216,10 +216,12 @@ def paired_against_baseline(
 def check_models_match_settings(meta: dict[str, Any], ft: FinetuneSettings, task_name: str) -> None:
     """Stop when the saved models are not the ones ``finetune`` params describe (seed values,
     ensemble size): evaluating stale models would report another run's figures."""
-    from neurotransfer.train.checkpoint import meta_mismatches
-
     expected = {"seeds": ft.seed_values(), "ensemble_size": ft.ensemble_size}
-    problems = meta_mismatches(meta, expected)
+    problems = [
+        f"{key}: saved {meta.get(key)!r}, params {value!r}"
+        for key, value in expected.items()
+        if meta.get(key) != value
+    ]
     if problems:
         raise SettingsError(
             f"models/finetuned/{task_name}/meta.json: the fine-tuned models do not match "

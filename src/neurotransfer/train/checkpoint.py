@@ -33,16 +33,6 @@ MODEL_FILE = "model.safetensors"
 META_FILE = "meta.json"
 
 
-def meta_mismatches(saved: dict[str, Any], expected: dict[str, Any]) -> list[str]:
-    """``"key: saved X, params Y"`` for every expected entry a saved ``meta.json`` disagrees
-    with: the one wording of "these files are not what params.yaml describes"."""
-    return [
-        f"{key}: saved {saved.get(key)!r}, params {value!r}"
-        for key, value in expected.items()
-        if saved.get(key) != value
-    ]
-
-
 def member_file(index: int) -> str:
     """File of ensemble member `index`; member 0 is the single model's ``model.safetensors``."""
     return MODEL_FILE if index == 0 else f"model-{index}.safetensors"

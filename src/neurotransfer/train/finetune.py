@@ -22,13 +22,7 @@ import numpy as np
 import torch
 
 from neurotransfer.config import FinetuneSettings, Settings, SettingsError, TaskSettings
-from neurotransfer.train.checkpoint import (
-    SeedModel,
-    member_file,
-    meta_mismatches,
-    save_seed_models,
-    seed_dir,
-)
+from neurotransfer.train.checkpoint import SeedModel, member_file, save_seed_models, seed_dir
 from neurotransfer.train.fit import FitResult, fit_task_model
 from neurotransfer.train.module import OptimConfig, TaskModule
 
@@ -86,7 +80,11 @@ def initial_backbone(settings: Settings, root: Path) -> tuple[torch.nn.Module, d
         "input_shape": list(shape),
         "source": source,
     }
-    problems = meta_mismatches(meta, expected)
+    problems = [
+        f"{key}: saved {meta.get(key)!r}, params {value!r}"
+        for key, value in expected.items()
+        if meta.get(key) != value
+    ]
     if problems:
         raise SettingsError(
             f"{meta_path}: the pre-trained backbone does not match params.yaml ("
