@@ -51,7 +51,7 @@ def test_every_grid_point_composes_and_validates(name: str) -> None:
         validate_point(name, point, CONF)
     # The papers' fixed parts are paper scale; the IXI-HH check is sized for this CPU machine.
     raw = yaml.safe_load(compose_params([f"experiment={name}"], CONF))
-    assert raw["profile"] == ("cpu" if name == "ixi_hh_cpu" else "gpu")
+    assert raw["profile"] == ("cpu" if name.startswith("ixi_hh") else "gpu")
 
 
 def test_ixi_study_is_one_run_of_five_seeds_of_one_real_data_recipe() -> None:
@@ -64,6 +64,18 @@ def test_ixi_study_is_one_run_of_five_seeds_of_one_real_data_recipe() -> None:
     assert settings.evaluate.flip_tta
     assert settings.finetune.seed_values() == [0, 1, 2, 3, 4]
     assert settings.finetune.ensemble_size == 1
+
+
+def test_ixi_cross_validation_is_the_ixi_recipe_with_five_folds() -> None:
+    def composed(name: str) -> dict:
+        return yaml.safe_load(compose_params([f"experiment={name}"], CONF))
+
+    recipe, cv = composed("ixi_hh_cpu"), composed("ixi_hh_cv")
+    assert cv["data"]["splits"]["mode"] == "kfold" and cv["data"]["splits"]["k"] == 5
+    # Only the splits and the experiment's description differ: the recipe is the frozen one.
+    for key in ("model", "finetune", "evaluate", "pretrain", "tasks"):
+        assert cv[key] == recipe[key], key
+    assert settings_from_dict(cv).data.splits.folds() == [0, 1, 2, 3, 4]
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

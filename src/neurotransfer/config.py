@@ -247,12 +247,29 @@ class PreprocessSettings(Strict):
 
 
 class SplitSettings(Strict):
+    """How downstream subjects are split (``data.splits``).
+
+    ``mode: single`` deals them into one train / val / test split by the fractions.
+    ``mode: kfold`` deals them into ``k`` folds instead (the fractions are then unused): model f
+    tests on fold f, validates on fold f + 1 (mod k) and trains on the rest, so every subject is
+    tested exactly once and comparisons are paired over all of them. Either way held-out
+    sites/datasets are ``ood_test`` (for every fold) and the dealing is stratified by dataset,
+    site, diagnosis and sex, and deterministic given ``seed``.
+    """
+
     seed: NonNegativeInt = 0
+    mode: Literal["single", "kfold"] = "single"
+    # Three folds is the least that leaves a training fold beside the test and validation folds.
+    k: Annotated[int, Field(ge=3)] = 5
     train: Fraction = 0.6
     val: Fraction = 0.2
     test: Fraction = 0.2
     ood_sites: list[str] = Field(default_factory=list)
     ood_datasets: list[str] = Field(default_factory=list)
+
+    def folds(self) -> list[int | None]:
+        """The folds a task is trained and scored in: ``[None]`` (the one split) or 0 .. k-1."""
+        return list(range(self.k)) if self.mode == "kfold" else [None]
 
     @model_validator(mode="after")
     def _sum_to_one(self) -> SplitSettings:

@@ -10,10 +10,13 @@ import pytest
 from scipy import stats
 
 from neurotransfer.evaluation.decision import (
+    CONSTANT_SHIFT_NOTE,
+    NO_VARIATION_NOTE,
     PRIMARY_METRIC,
     PSEUDO_VALUE_METRICS,
     adjust_pvalues,
     auc_subject_variance,
+    calls_at_thresholds,
     compare_arms,
     metric_difference,
     pseudo_values,
@@ -106,6 +109,92 @@ def test_identical_arms_have_nothing_to_decide() -> None:
     a, _ = arms(rng, 20, 3, seed_sd=0.2)
     result = compare_arms(a, a.copy())
     assert result.difference == 0.0 and result.p_value == 1.0
+
+
+def test_both_arms_perfect_is_undetermined_not_certain() -> None:
+    """AUC 1 for every seed of both arms: all pseudo-values equal, se 0. No interval, p 1."""
+    rng = np.random.default_rng(30)
+    target = np.repeat([1.0, 0.0], 10)
+
+    def perfect() -> np.ndarray:
+        return np.where(target == 1.0, rng.uniform(0.6, 1.0, (3, 20)), rng.uniform(0, 0.4, (3, 20)))
+
+    a, b = perfect(), perfect()
+    for metric in ("auc", "balanced_accuracy", "accuracy", "sensitivity"):
+        result = metric_difference("binary", metric, target, a, b)
+        assert result.difference == 0.0 and result.p_value == 1.0, metric
+        assert np.isnan(result.ci_low) and np.isnan(result.ci_high), metric
+        assert result.note == NO_VARIATION_NOTE
+    # Brier still varies (probabilities differ): an ordinary interval, no note.
+    brier = metric_difference("binary", "brier", target, a, b)
+    assert brier.note is None and brier.ci_low < brier.difference < brier.ci_high
+
+
+def test_identical_rankings_rounding_is_not_a_zero_width_interval() -> None:
+    """Seeds ranking every subject alike (AUC < 1) give pseudo-values equal up to rounding:
+    the A/A case that printed "-0.000 [-0.000, +0.000]"."""
+    rng = np.random.default_rng(31)
+    target = (rng.random(17) < 0.5).astype(float)
+    order = np.argsort(target + rng.normal(0, 0.6, 17))
+
+    def same_ranking() -> np.ndarray:
+        rows = np.empty((3, 17))
+        for row in rows:
+            row[order] = np.sort(rng.uniform(0, 1, 17))
+        return rows
+
+    result = metric_difference("binary", "auc", target, same_ranking(), same_ranking())
+    assert 0.5 < binary_metrics(target, same_ranking()[0])["auc"] < 1.0
+    assert result.difference == 0.0 and np.copysign(1.0, result.difference) == 1.0
+    assert result.p_value == 1.0 and np.isnan(result.ci_low) and np.isnan(result.ci_high)
+    assert result.note == NO_VARIATION_NOTE
+
+
+def test_a_noise_free_shift_has_no_p_value() -> None:
+    """Every subject 1 better in every seed: se 0 but delta 1; not p = 0, not a certainty."""
+    subject = np.random.default_rng(32).normal(0, 1, 20)
+    a = np.tile(subject, (3, 1))
+    result = compare_arms(a, a + 1.0)
+    assert result.difference == pytest.approx(1.0)
+    assert np.isnan(result.p_value) and np.isnan(result.ci_low) and np.isnan(result.ci_high)
+    assert result.note == CONSTANT_SHIFT_NOTE
+    # Untestable entries stay out of the family; a p of 1.0 counts in it.
+    np.testing.assert_allclose(
+        adjust_pvalues([result.p_value, 1.0, 0.01], "holm"), [np.nan, 1.0, 0.02], equal_nan=True
+    )
+    np.testing.assert_allclose(
+        adjust_pvalues([result.p_value, 1.0, 0.01], "bh"), [np.nan, 1.0, 0.02], equal_nan=True
+    )
+
+
+def test_ordinary_data_have_no_note() -> None:
+    rng = np.random.default_rng(33)
+    a, b = arms(rng, 30, 3, seed_sd=0.3, shift=0.2)
+    result = compare_arms(a, b)
+    assert result.note is None and np.isfinite(result.ci_low) and result.se > 0
+
+
+def test_calls_at_thresholds_cut_each_seed_at_its_own_threshold() -> None:
+    scores = np.array([[0.2, 0.4, 0.6], [0.2, 0.4, 0.6]])
+    calls = calls_at_thresholds("binary", "balanced_accuracy", scores, [0.3, 0.5])
+    np.testing.assert_array_equal(calls, [[0, 1, 1], [0, 0, 1]])
+    # Threshold-free metrics (and regression) are left as they are.
+    np.testing.assert_array_equal(calls_at_thresholds("binary", "auc", scores, [0.3, 0.5]), scores)
+    np.testing.assert_array_equal(calls_at_thresholds("regression", "mae", scores, [0, 0]), scores)
+    with pytest.raises(ValueError, match="one threshold per seed"):
+        calls_at_thresholds("binary", "f1", scores, [0.3])
+    # The 0/1 calls' pseudo-values are the jackknife of the metric at each seed's own cut.
+    target = np.array([0.0, 1.0, 1.0, 0.0, 1.0, 0.0])
+    probabilities = np.tile([0.35, 0.45, 0.8, 0.1, 0.32, 0.6], (2, 1))
+    cuts = [0.3, 0.7]
+    calls = calls_at_thresholds("binary", "balanced_accuracy", probabilities, cuts)
+    values = pseudo_values("binary", "balanced_accuracy", target, calls)
+    for row, cut in zip(values, cuts, strict=True):
+        expected = brute_jackknife(
+            "binary", "balanced_accuracy", target, (probabilities[0] >= cut).astype(float)
+        )
+        np.testing.assert_allclose(row, expected)
+    assert not np.allclose(values[0], values[1])  # the two cuts call differently
 
 
 def test_one_seed_is_refused_unless_the_arm_is_deterministic() -> None:

@@ -6,15 +6,28 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from neurotransfer.cli import main
-from neurotransfer.reporting.compare import compare_experiments, comparison_markdown
+from neurotransfer.evaluation.decision import (
+    CONSTANT_SHIFT_NOTE,
+    NO_VARIATION_NOTE,
+    calls_at_thresholds,
+    metric_difference,
+)
+from neurotransfer.evaluation.metrics import binary_metrics
+from neurotransfer.reporting.compare import (
+    compare_experiments,
+    comparison_markdown,
+    recorded_threshold,
+)
 from neurotransfer.reporting.pr_comment import dvc_executable
 from neurotransfer.reporting.revisions import (
     ExperimentResults,
     RevisionError,
+    TaskResult,
     WorkspaceReader,
     read_results,
     seed_columns,
@@ -232,3 +245,195 @@ def test_metrics_of_tasks_no_longer_in_params_are_skipped(tmp_path: Path) -> Non
     (tmp_path / "params.yaml").unlink()
     with pytest.raises(RevisionError, match=r"predictions\.csv"):
         read_results(WorkspaceReader(tmp_path), "workspace")
+
+
+def arm_of(
+    label: str,
+    target: np.ndarray,
+    predictions: np.ndarray,
+    thresholds: tuple[float, ...] | None = None,
+    task: str = "ad",
+    kind: str = "binary",
+) -> ExperimentResults:
+    """One revision scoring the test split: a ``prediction_seed<k>`` column per row of
+    `predictions`, and the metrics JSON's ``seeds.seed<k>.threshold`` when `thresholds` is given
+    (None: a run that recorded none)."""
+    frame = pd.DataFrame(
+        {
+            "subject_id": [f"sub-{i:03d}" for i in range(target.size)],
+            "split": "test",
+            "target": target,
+            **{f"prediction_seed{k}": row for k, row in enumerate(predictions)},
+        }
+    )
+    metrics: dict[str, object] = {"task": task, "kind": kind}
+    if thresholds is not None:
+        metrics["seeds"] = {
+            f"seed{k}": {"seed": k, "threshold": cut} for k, cut in enumerate(thresholds)
+        }
+    return ExperimentResults(label, {task: TaskResult(kind, metrics, frame)})
+
+
+def scores(rng: np.random.Generator, target: np.ndarray, seeds: int = 3) -> np.ndarray:
+    """Overlapping classes: where the cut lies changes the calls of many subjects."""
+    return np.clip(0.3 * target + rng.uniform(0.1, 0.7, (seeds, target.size)), 0.0, 1.0)
+
+
+def balanced_accuracy(target: np.ndarray, predictions: np.ndarray, cuts: list[float]) -> float:
+    return float(
+        np.mean(
+            [
+                binary_metrics(target, row, cut)["balanced_accuracy"]
+                for row, cut in zip(predictions, cuts, strict=True)
+            ]
+        )
+    )
+
+
+def test_thresholded_metrics_use_each_seeds_validation_threshold() -> None:
+    """`evaluate` calls each seed at its validation-chosen cut; compare must score the same."""
+    rng = np.random.default_rng(21)
+    target = np.repeat([1.0, 0.0], 20)
+    pred_a, pred_b = scores(rng, target), scores(rng, target)
+    cuts_a, cuts_b = [0.3, 0.3, 0.3], [0.7, 0.7, 0.7]
+    a = arm_of("a", target, pred_a, tuple(cuts_a))
+    b = arm_of("b", target, pred_b, tuple(cuts_b))
+    comparison = compare_experiments([a], [b], splits=("test",))
+    entry = comparison.results[("ad", "test")]["metrics"]["balanced_accuracy"]
+
+    expected_a = balanced_accuracy(target, pred_a, cuts_a)
+    expected_b = balanced_accuracy(target, pred_b, cuts_b)
+    at_half_a = balanced_accuracy(target, pred_a, [0.5] * 3)
+    at_half_b = balanced_accuracy(target, pred_b, [0.5] * 3)
+    assert abs(expected_a - at_half_a) > 0.02 and abs(expected_b - at_half_b) > 0.02
+    assert entry["a"] == pytest.approx(expected_a) and entry["b"] == pytest.approx(expected_b)
+    # The difference and its interval come from the same calls.
+    calls_a = calls_at_thresholds("binary", "balanced_accuracy", pred_a, cuts_a)
+    calls_b = calls_at_thresholds("binary", "balanced_accuracy", pred_b, cuts_b)
+    reference = metric_difference("binary", "balanced_accuracy", target, calls_a, calls_b)
+    assert entry["difference"] == pytest.approx(reference.difference)
+    assert entry["ci_low"] == pytest.approx(reference.ci_low)
+    # Threshold-free metrics are untouched.
+    auc = comparison.results[("ad", "test")]["metrics"]["auc"]
+    assert auc["a"] == pytest.approx(np.mean([binary_metrics(target, r)["auc"] for r in pred_a]))
+
+    text = comparison_markdown(comparison)
+    (row,) = rows_of(text.split("### Exploratory")[1], "| ad | ID (test) | balanced_accuracy |")
+    assert row.startswith(
+        f"| ad | ID (test) | balanced_accuracy | {expected_a:.3f} | {expected_b:.3f} |"
+    )
+    assert "no validation-chosen threshold" not in text
+
+
+def test_seeds_of_one_arm_keep_their_own_thresholds() -> None:
+    rng = np.random.default_rng(22)
+    target = np.repeat([1.0, 0.0], 20)
+    pred_a, pred_b = scores(rng, target), scores(rng, target)
+    cuts_a = [0.3, 0.5, 0.7]
+    comparison = compare_experiments(
+        [arm_of("a", target, pred_a, tuple(cuts_a))],
+        [arm_of("b", target, pred_b, (0.5, 0.5, 0.5))],
+        splits=("test",),
+    )
+    entry = comparison.results[("ad", "test")]["metrics"]["sensitivity"]
+    expected = np.mean(
+        [binary_metrics(target, r, c)["sensitivity"] for r, c in zip(pred_a, cuts_a, strict=True)]
+    )
+    assert entry["a"] == pytest.approx(expected)
+
+
+def test_runs_without_recorded_thresholds_fall_back_to_half_and_say_so() -> None:
+    rng = np.random.default_rng(23)
+    target = np.repeat([1.0, 0.0], 20)
+    pred_a, pred_b = scores(rng, target), scores(rng, target)
+    a = arm_of("a", target, pred_a, (0.3, 0.3, 0.3))
+    b = arm_of("old", target, pred_b, None)  # metrics from before thresholds were chosen
+    comparison = compare_experiments([a], [b])  # both splits asked: only test exists
+    entry = comparison.results[("ad", "test")]["metrics"]["balanced_accuracy"]
+    assert entry["b"] == pytest.approx(balanced_accuracy(target, pred_b, [0.5] * 3))
+    assert entry["a"] == pytest.approx(balanced_accuracy(target, pred_a, [0.3] * 3))
+    text = comparison_markdown(comparison)
+    notes = [line for line in text.splitlines() if "no validation-chosen threshold" in line]
+    assert notes == [
+        "Arm B: no validation-chosen threshold recorded for `ad` (old:seed0, old:seed1, "
+        "old:seed2) (a run from before thresholds were chosen): their thresholded metrics "
+        "(balanced_accuracy, f1, sensitivity, specificity, accuracy) cut probabilities at 0.5."
+    ]
+
+
+def test_recorded_threshold_reads_the_metrics_json() -> None:
+    metrics = {"seeds": {"seed3": {"threshold": 0.25}, "seed4": {"threshold": None}}}
+    assert recorded_threshold(metrics, 3) == 0.25
+    assert recorded_threshold(metrics, 4) is None  # NaN written as null: none chosen
+    assert recorded_threshold(metrics, 5) is None
+    assert recorded_threshold({}, 3) is None
+    assert recorded_threshold({"seeds": {"seed0": {"threshold": 0.4}}}, None) == 0.4
+    with pytest.raises(ValueError, match="threshold must be a probability"):
+        recorded_threshold({"seeds": {"seed0": {"threshold": 1.5}}}, 0)
+
+
+def perfect_scores(rng: np.random.Generator, target: np.ndarray, seeds: int = 3) -> np.ndarray:
+    """Every seed separates the classes (AUC 1, every call right at 0.5)."""
+    return np.where(target == 1.0, rng.uniform(0.6, 1.0, (seeds, target.size)), 0.0) + np.where(
+        target == 0.0, rng.uniform(0.0, 0.4, (seeds, target.size)), 0.0
+    )
+
+
+def same_ranking_scores(rng: np.random.Generator, order: np.ndarray, seeds: int = 3) -> np.ndarray:
+    """Seeds that rank the subjects identically (one AUC below 1 for all), other values: the
+    A/A case whose AUC pseudo-values are equal up to rounding (se ~1e-16)."""
+    rows = np.empty((seeds, order.size))
+    for row in rows:
+        row[order] = np.sort(rng.uniform(0.0, 1.0, order.size))
+    return rows
+
+
+@pytest.mark.parametrize("case", ["perfect", "same_ranking"])
+def test_no_variation_prints_a_note_not_a_certain_interval(case: str) -> None:
+    rng = np.random.default_rng(24)
+    target = (rng.random(17) < 0.5).astype(float)
+    if case == "perfect":
+        pred_a, pred_b = perfect_scores(rng, target), perfect_scores(rng, target)
+    else:
+        order = np.argsort(target + rng.normal(0, 0.6, target.size))
+        pred_a, pred_b = same_ranking_scores(rng, order), same_ranking_scores(rng, order)
+    a = arm_of("a", target, pred_a, (0.5,) * 3)
+    b = arm_of("b", target, pred_b, (0.5,) * 3)
+    comparison = compare_experiments([a], [b], splits=("test",))
+    auc = comparison.results[("ad", "test")]["metrics"]["auc"]
+    assert auc["difference"] == 0.0 and auc["p_value"] == 1.0 and auc["p_adjusted"] == 1.0
+    assert np.isnan(auc["ci_low"]) and np.isnan(auc["ci_high"])
+    assert auc["note"] == NO_VARIATION_NOTE
+
+    text = comparison_markdown(comparison)
+    (row,) = rows_of(text, "| ad | ID (test) | auc |")
+    assert f"| +0.000 | {NO_VARIATION_NOTE} | 1.000 | 1.000 | – |" in row
+    assert "[-0.000" not in text and "+0.000]" not in text
+    assert "primary tests (tasks × splits) are adjusted together (Holm). " in text
+
+
+def test_an_untestable_primary_is_left_out_of_the_family() -> None:
+    """A noise-free shift (every subject's error 1 year larger in every seed) has no p-value;
+    Holm adjusts the other primaries without it, and the text says so."""
+    rng = np.random.default_rng(25)
+    target = np.repeat([1.0, 0.0], 15)
+    ad_a = arm_of("a", target, scores(rng, target), (0.5,) * 3)
+    ad_b = arm_of("b", target, scores(rng, target), (0.5,) * 3)
+    age = rng.uniform(40, 80, 30)
+    error = rng.normal(0, 5, 30)
+    same_a = np.tile(age + error, (3, 1))
+    same_b = np.tile(age + error + np.sign(error), (3, 1))
+    for arm, years in ((ad_a, same_a), (ad_b, same_b)):
+        arm.tasks.update(arm_of(arm.label, age, years, task="brain_age", kind="regression").tasks)
+    comparison = compare_experiments([ad_a], [ad_b], splits=("test",))
+    mae = comparison.results[("brain_age", "test")]["metrics"]["mae"]
+    assert mae["difference"] == pytest.approx(1.0)
+    assert np.isnan(mae["p_value"]) and np.isnan(mae["p_adjusted"]) and np.isnan(mae["ci_low"])
+    assert mae["note"] == CONSTANT_SHIFT_NOTE
+    auc = comparison.results[("ad", "test")]["metrics"]["auc"]
+    assert auc["p_adjusted"] == pytest.approx(auc["p_value"])  # a family of one
+    text = comparison_markdown(comparison)
+    assert "the 1 primary tests" in text
+    assert "(1 without a p-value, having no variation to test against, is left out" in text
+    (row,) = rows_of(text, "| brain_age | ID (test) | mae |")
+    assert CONSTANT_SHIFT_NOTE in row and "| – | – | – |" in row

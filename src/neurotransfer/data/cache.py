@@ -51,6 +51,7 @@ TEXT_COLUMNS = (
 
 NUMERIC_COLUMNS = (
     "age",
+    "fold",
     "qc_template_corr",
     "qc_brain_coverage",
     "registration_scale",

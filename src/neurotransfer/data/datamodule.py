@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 
 from neurotransfer.config import AugmentSettings, TaskSettings
 from neurotransfer.data.cache import read_cached_volume, read_manifest
+from neurotransfer.data.splits import CV_SPLIT, fold_split
 from neurotransfer.data.tasks import select_task_rows
 
 SPLITS = ("train", "val", "test", "ood_test")
@@ -78,7 +79,11 @@ class CachedVolumeDataset(Dataset):
 
 
 class TaskDataModule(L.LightningDataModule):
-    """A task's train/val/test/ood_test splits from the preprocessed cache."""
+    """A task's train/val/test/ood_test splits from the preprocessed cache.
+
+    A manifest split into folds (``data.splits.mode: kfold``) needs `fold` and `n_folds`: the
+    splits are then fold `fold`'s (``splits.fold_split``).
+    """
 
     def __init__(
         self,
@@ -90,6 +95,8 @@ class TaskDataModule(L.LightningDataModule):
         augment: AugmentSettings,
         seed: int,
         root: str | Path = ".",
+        fold: int | None = None,
+        n_folds: int | None = None,
     ) -> None:
         super().__init__()
         self.manifest_path = Path(manifest_path)
@@ -100,13 +107,29 @@ class TaskDataModule(L.LightningDataModule):
         self.augment = augment
         self.seed = seed
         self.root = Path(root)
+        self.fold = fold
+        self.n_folds = n_folds
         self._rows: pd.DataFrame | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self._rows is None:
-            self._rows = select_task_rows(
-                read_manifest(self.manifest_path), self.task_name, self.task
-            )
+            manifest = read_manifest(self.manifest_path)
+            if (manifest["split"] == CV_SPLIT).any():
+                if self.fold is None or self.n_folds is None:
+                    raise ValueError(
+                        f"{self.manifest_path}: the subjects are split into cross-validation "
+                        "folds (data.splits.mode kfold): a fold must be chosen"
+                    )
+                manifest = manifest.assign(
+                    split=fold_split(manifest["split"], manifest["fold"], self.n_folds, self.fold)
+                )
+            elif self.fold is not None:
+                raise ValueError(
+                    f"{self.manifest_path}: fold {self.fold} asked for, but the manifest has one "
+                    "train/val/test split (data.splits.mode single): re-run the preprocess stage"
+                )
+            where = None if self.fold is None else (self.fold, self.n_folds)
+            self._rows = select_task_rows(manifest, self.task_name, self.task, fold=where)
 
     def with_train_subjects(self, subjects: Collection[str]) -> TaskDataModule:
         """The same task data with the training split restricted to `subjects` (validation and
@@ -122,6 +145,8 @@ class TaskDataModule(L.LightningDataModule):
             self.augment,
             self.seed,
             self.root,
+            self.fold,
+            self.n_folds,
         )
         keep = self._rows["subject_id"].astype(str).isin({str(s) for s in subjects})
         subset._rows = self._rows[(self._rows["split"] != "train") | keep].reset_index(drop=True)

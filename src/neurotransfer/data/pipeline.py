@@ -40,7 +40,7 @@ from neurotransfer.data.cache import (
     settings_fingerprint,
 )
 from neurotransfer.data.ingest import ingest
-from neurotransfer.data.splits import assign_splits
+from neurotransfer.data.splits import assign_folds, assign_splits
 from neurotransfer.process_guard import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 # byte-identical to the previous one when nothing changed.
 RESULT_COLUMNS = ("qc_template_corr", "qc_brain_coverage", "registration_scale")
 EXTRA_COLUMNS = [
+    "fold",  # cross-validation fold of a `cv` scan (data.splits.mode kfold), empty otherwise
     "scan_id",
     "source_path",
     "cache_key",
@@ -360,6 +361,7 @@ def run_preprocess(
         scans.loc[failed, "path"] = ""
 
         scans["split"] = assign_splits(scans, settings.splits)
+        scans["fold"] = assign_folds(scans, settings.splits)
         ok = scans["split"] != "excluded"
         scans["qc_outlier"] = False
         scans.loc[ok, "qc_outlier"] = (

@@ -6,6 +6,11 @@ The rest are ordered by stratum (dataset, site, diagnosis, sex), shuffled within
 seed, and dealt out one by one to the split furthest below its target fraction: every stratum,
 however small, is spread over train/val/test in proportion, and the result depends only on the
 seed and the subjects.
+
+With ``data.splits.mode: kfold`` the same dealing spreads them over ``k`` equal folds instead:
+their ``split`` is ``cv`` and the manifest's ``fold`` column says which fold (:func:`assign_folds`);
+:func:`fold_split` turns that into fold f's train/val/test (test fold f, validation fold f + 1
+mod k, training the rest). Subjects also in the pool stay ``train`` in every fold.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from neurotransfer.config import SplitSettings
 log = logging.getLogger(__name__)
 ID_SPLITS = ("train", "val", "test")
 TEST_SPLITS = ("test", "ood_test")
+# Split of a cross-validated subject in the manifest: tested in one fold, trained on in others.
+CV_SPLIT = "cv"
 
 
 class SplitError(ValueError):
@@ -50,7 +57,11 @@ def assign_splits(scans: pd.DataFrame, settings: SplitSettings) -> pd.Series:
     if shared.any():
         log.info("%d downstream subject(s) are also in the pool: put in train", shared.sum())
     assignment = {sid: "train" for sid in subjects.index[shared]}
-    assignment.update(_stratified(subjects[~shared], settings))
+    if settings.mode == "kfold":
+        assignment.update({sid: CV_SPLIT for sid in subjects.index[~shared]})
+    else:
+        targets = [settings.train, settings.val, settings.test]
+        assignment.update(_stratified(subjects[~shared], targets, ID_SPLITS, settings.seed))
     assignment.update({sid: "ood_test" for sid in ood_subjects})
 
     rows = downstream.index
@@ -59,29 +70,72 @@ def assign_splits(scans: pd.DataFrame, settings: SplitSettings) -> pd.Series:
     return split
 
 
-def _stratified(subjects: pd.DataFrame, settings: SplitSettings) -> dict[str, str]:
+def assign_folds(scans: pd.DataFrame, settings: SplitSettings) -> pd.Series:
+    """The cross-validation fold (0 .. k-1) of every ``cv`` scan, NaN for every other scan.
+
+    `scans` carries :func:`assign_splits`' ``split``. All scans of a subject share its fold.
+    """
+    fold = pd.Series(np.nan, index=scans.index, dtype=float)
+    cv = scans[scans["split"] == CV_SPLIT]
+    if cv.empty:
+        return fold
+    subjects = cv.groupby("subject_id", sort=True).first()
+    if len(subjects) < settings.k:
+        raise SplitError(
+            f"data.splits.k is {settings.k} but only {len(subjects)} subject(s) are outside the "
+            "held-out sites and the pool: every fold needs subjects; lower data.splits.k"
+        )
+    labels = tuple(range(settings.k))
+    dealt = _stratified(subjects, [1.0 / settings.k] * settings.k, labels, settings.seed)
+    fold[cv.index] = cv["subject_id"].map(dealt).astype(float)
+    return fold
+
+
+def fold_split(split: pd.Series, fold: pd.Series, k: int, test_fold: int) -> pd.Series:
+    """Fold `test_fold`'s split of each row: ``cv`` rows become ``test`` (their fold is
+    `test_fold`), ``val`` (the next fold, mod `k`) or ``train``; other splits are kept."""
+    if not 0 <= test_fold < k:
+        raise ValueError(f"fold {test_fold} out of range for k = {k} folds")
+    out = split.copy()
+    cv = split == CV_SPLIT
+    if fold[cv].isna().any():
+        raise ValueError("some cross-validated rows have no fold: re-run the preprocess stage")
+    val_fold = (test_fold + 1) % k
+    out[cv] = "train"
+    out[cv & (fold == test_fold)] = "test"
+    out[cv & (fold == val_fold)] = "val"
+    return out
+
+
+def _stratified(
+    subjects: pd.DataFrame, targets: list[float], labels: tuple, seed: int
+) -> dict[str, object]:
+    """Deal `subjects` (indexed by id) to `labels` in proportion to `targets`, stratum by stratum
+    (dataset, site, diagnosis, sex), shuffled within strata by `seed`."""
     if subjects.empty:
         return {}
-    rng = np.random.default_rng(settings.seed)
+    rng = np.random.default_rng(seed)
     keys = subjects[["dataset", "site", "diagnosis", "sex"]]
     strata = keys.apply(lambda column: column.fillna("").astype(str)).agg("|".join, axis=1)
     order = pd.DataFrame({"stratum": strata, "draw": rng.random(len(subjects))})
     order = order.sort_values(["stratum", "draw"], kind="stable")
-    targets = np.array([settings.train, settings.val, settings.test])
-    counts = np.zeros(3)
-    assignment: dict[str, str] = {}
+    target = np.asarray(targets, dtype=float)
+    counts = np.zeros(len(target))
+    assignment: dict[str, object] = {}
     for subject_id in order.index:
-        deficit = targets * (counts.sum() + 1) - counts
-        chosen = int(np.argmax(deficit))  # ties go to the earlier split (train, then val)
+        deficit = target * (counts.sum() + 1) - counts
+        chosen = int(np.argmax(deficit))  # ties go to the earlier label (train, then val)
         counts[chosen] += 1
-        assignment[str(subject_id)] = ID_SPLITS[chosen]
+        assignment[str(subject_id)] = labels[chosen]
     return assignment
 
 
 def check_pool_disjoint(manifest: pd.DataFrame) -> None:
     """Fail, naming them, if any pool subject is in a downstream test or ood_test split."""
     pool = set(manifest.loc[manifest["split"] == "pool", "subject_id"])
-    tested = manifest[manifest["split"].isin(TEST_SPLITS) & manifest["subject_id"].isin(pool)]
+    # A cross-validated subject is tested in one fold.
+    tested_splits = (*TEST_SPLITS, CV_SPLIT)
+    tested = manifest[manifest["split"].isin(tested_splits) & manifest["subject_id"].isin(pool)]
     if not tested.empty:
         names = sorted(set(tested["subject_id"]))
         raise SplitError(

@@ -12,12 +12,18 @@ from neurotransfer.config import TaskSettings
 log = logging.getLogger(__name__)
 
 
-def select_task_rows(manifest: pd.DataFrame, task_name: str, task: TaskSettings) -> pd.DataFrame:
+def select_task_rows(
+    manifest: pd.DataFrame,
+    task_name: str,
+    task: TaskSettings,
+    fold: tuple[int, int] | None = None,
+) -> pd.DataFrame:
     """Rows of the task's datasets and subset, with a float ``target`` (1/0, or years).
 
     Excluded rows and rows without the task's label are removed and their counts logged.
     Raises ValueError naming the task when it cannot be formed, and :class:`TaskDataError`
-    (:func:`check_task_splits`) when a split cannot train or score it.
+    (:func:`check_task_splits`) when a split cannot train or score it. `fold` is ``(fold, k)``
+    when the manifest's splits are one cross-validation fold's (for the error messages).
     """
     rows = manifest[manifest["dataset"].isin(task.datasets)]
     if rows.empty:
@@ -53,7 +59,7 @@ def select_task_rows(manifest: pd.DataFrame, task_name: str, task: TaskSettings)
     if rows.empty:
         raise ValueError(f"{where}: no labelled rows")
     rows = rows.reset_index(drop=True)
-    check_task_splits(rows, task_name, task)
+    check_task_splits(rows, task_name, task, fold)
     return rows
 
 
@@ -70,27 +76,40 @@ class TaskDataError(ValueError):
     """A task's labelled rows cannot train or score it (a split empty or missing a class)."""
 
 
-def check_task_splits(rows: pd.DataFrame, task_name: str, task: TaskSettings) -> None:
+def check_task_splits(
+    rows: pd.DataFrame, task_name: str, task: TaskSettings, fold: tuple[int, int] | None = None
+) -> None:
     """Fail, naming the task, the split and what is missing, when a required split has fewer
     than two subjects or, for a binary task, lacks one of the classes.
 
     Called when a stage reads its task's rows (``TaskDataModule.setup``), before any training:
     a validation split without positives would otherwise train a whole schedule against an
     undefined AUC. ``rows`` are :func:`select_task_rows`' (``split``, ``subject_id``,
-    ``target``).
+    ``target``). With `fold` ``(f, k)`` the rows are cross-validation fold f's, and the
+    message names the fold and ``data.splits.k``.
     """
     fix = (
         f"add subjects to tasks.{task_name}.datasets, widen tasks.{task_name}.subset, or give "
         "the split a larger fraction (data.splits) and re-run preprocess"
     )
+    name = f"task {task_name!r}"
+    if fold is not None:
+        name = f"task {task_name!r}, cross-validation fold {fold[0]} of {fold[1]}"
+        fix = (
+            f"lower data.splits.k (now {fold[1]}; each fold's test and validation folds need "
+            f"at least {MIN_SUBJECTS_PER_SPLIT} subjects"
+            + (" and both classes" if task.kind == "binary" else "")
+            + f"), or add subjects to tasks.{task_name}.datasets, and re-run preprocess"
+        )
     for split in REQUIRED_SPLITS + CHECKED_IF_PRESENT:
         in_split = rows[rows["split"] == split]
         n_subjects = int(in_split["subject_id"].nunique())
-        if split in CHECKED_IF_PRESENT and n_subjects == 0:
+        # Every fold's test fold is scored: there it is required.
+        if split in CHECKED_IF_PRESENT and n_subjects == 0 and fold is None:
             continue
         if n_subjects < MIN_SUBJECTS_PER_SPLIT:
             raise TaskDataError(
-                f"task {task_name!r}: split {split!r} has {n_subjects} subject(s), at least "
+                f"{name}: split {split!r} has {n_subjects} subject(s), at least "
                 f"{MIN_SUBJECTS_PER_SPLIT} needed; {fix}"
             )
         if task.kind != "binary":
@@ -101,7 +120,7 @@ def check_task_splits(rows: pd.DataFrame, task_name: str, task: TaskSettings) ->
         ):
             if not (in_split["target"] == value).any():
                 raise TaskDataError(
-                    f"task {task_name!r}: split {split!r} has no {kind} ({label}) subjects "
+                    f"{name}: split {split!r} has no {kind} ({label}) subjects "
                     f"(its {n_subjects} subjects are all "
                     f"{task.negative if value == 1.0 else task.positive}); a binary task needs "
                     f"both classes in {', '.join(REQUIRED_SPLITS + CHECKED_IF_PRESENT)}: {fix}"

@@ -69,11 +69,18 @@ def mean_predictor_baseline(
     train = np.asarray(train_target, dtype=np.float64)
     if train.size == 0 or not np.isfinite(train).all():
         raise ValueError("train_target must be a non-empty array of finite values")
-    constant = float(train.mean())
+    return scored_point_metrics(eval_frame.assign(prediction=float(train.mean())), kind)
+
+
+def scored_point_metrics(frame: pd.DataFrame, kind: str) -> dict[str, dict[str, float]]:
+    """Point metrics (no intervals), per split of `frame`, of its ``prediction`` column: a
+    baseline's figures (with cross-validation the mean predictor's constant differs by fold)."""
+    check_kind(kind)
+    require_columns(frame, ["split", "target", "prediction"])
     score = binary_metrics if kind == "binary" else regression_metrics
     return {
-        split: score(rows["target"].to_numpy(), np.full(len(rows), constant))
-        for split, rows in split_groups(eval_frame)
+        split: score(rows["target"].to_numpy(), rows["prediction"].to_numpy(float))
+        for split, rows in split_groups(frame)
     }
 
 

@@ -32,6 +32,11 @@ noise, skewed absolute errors and AUC, n = 20 and 100, 3 and 5 seeds per arm: th
 rate at alpha 5% lies between 2.3% and 5.5% in every cell. It is nearest 5% when seed noise
 matters and conservative (2.3-3%) when the seeds barely differ, the price of estimating the seed
 variance from a handful of seeds (its positive part is kept). The tests assert the band.
+
+When the data carry no variation at all (every seed of both arms perfect, or every seed ranking
+the subjects identically), the estimated variance is 0 and the t rule would print a certain,
+zero-width interval; `compare_arms` reports such a difference as undetermined instead (see
+there).
 """
 
 from __future__ import annotations
@@ -43,12 +48,19 @@ import numpy as np
 import numpy.typing as npt
 from scipy import stats
 
-from neurotransfer.evaluation.metrics import check_binary, check_kind, check_regression
+from neurotransfer.evaluation.metrics import (
+    THRESHOLDED_METRICS,
+    check_binary,
+    check_kind,
+    check_regression,
+)
 from neurotransfer.evaluation.paired import HIGHER_IS_BETTER, delong_components
 
 __all__ = [
     "ADJUST_METHODS",
+    "CONSTANT_SHIFT_NOTE",
     "HIGHER_IS_BETTER",
+    "NO_VARIATION_NOTE",
     "PRIMARY_METRIC",
     "PSEUDO_VALUE_METRICS",
     "SEEDS_KEY",
@@ -56,6 +68,7 @@ __all__ = [
     "SeedSubjectEstimate",
     "adjust_pvalues",
     "auc_subject_variance",
+    "calls_at_thresholds",
     "compare_arms",
     "difference_moments",
     "metric_difference",
@@ -81,6 +94,39 @@ PSEUDO_VALUE_METRICS: dict[str, tuple[str, ...]] = {
 ADJUST_METHODS: tuple[str, ...] = ("holm", "bh")
 SEEDS_KEY = "finetune.seeds"
 THRESHOLD = 0.5  # binary_metrics' default: a subject is called positive at score >= 0.5
+# An estimated standard error at or below this fraction of the pseudo-values' magnitude is the
+# floating-point rounding of identical values (seeds that rank every subject alike give AUC
+# pseudo-values equal up to ~1e-16), not noise measured in the data: no interval is given.
+ZERO_SE_RTOL = 1e-9
+NO_VARIATION_NOTE = (
+    "no variation across seeds or subjects (e.g. both arms perfect): interval undefined"
+)
+CONSTANT_SHIFT_NOTE = (
+    "the difference is the same for every subject and no seed variance is estimated (no "
+    "variation to measure it against): interval and p-value undefined"
+)
+
+
+def calls_at_thresholds(
+    kind: str, metric: str, predictions: npt.ArrayLike, thresholds: Sequence[float]
+) -> np.ndarray:
+    """``(n_seeds, n)`` inputs whose pseudo-values give `metric` with each seed's own cut.
+
+    For a thresholded binary metric (`metrics.THRESHOLDED_METRICS`) every seed's predictions
+    become its calls as 0/1 at its threshold (``thresholds[s]``, e.g. chosen on validation),
+    which `pseudo_values` keeps as they are (it calls at 0.5); any other metric gets the
+    predictions unchanged. The rule of `seeds._seed_inputs`, for arms held as matrices.
+    """
+    values = np.atleast_2d(np.asarray(predictions, dtype=np.float64))
+    if kind != "binary" or metric not in THRESHOLDED_METRICS:
+        return values
+    cuts = np.asarray(thresholds, dtype=np.float64)
+    if cuts.shape != (values.shape[0],):
+        raise ValueError(
+            f"one threshold per seed is needed: {values.shape[0]} seed(s), thresholds of shape "
+            f"{cuts.shape}"
+        )
+    return (values >= cuts[:, None]).astype(float)
 
 
 def _jackknife(full: np.ndarray, left_out: np.ndarray) -> np.ndarray:
@@ -256,6 +302,8 @@ class ArmDifference:
     n_subjects: int
     method: str
     seed_sd: float = 0.0  # pooled sd of the per-seed shift (0: no training noise estimated)
+    # Why the interval (and maybe the p-value) is NaN although the difference is defined.
+    note: str | None = None
 
 
 def _as_seed_matrix(values: npt.ArrayLike, name: str) -> np.ndarray:
@@ -427,6 +475,19 @@ def _t_decision(delta: float, se: float, df: float, ci_level: float) -> tuple[fl
     return delta - half, delta + half, p_value
 
 
+def _undetermined(delta: float, se: float, scale: float) -> tuple[float, float, str] | None:
+    """``(delta, p, note)`` when `se` is 0 up to rounding of pseudo-values of size `scale`."""
+    tolerance = ZERO_SE_RTOL * scale
+    if not np.isfinite(se) or se > tolerance:
+        return None
+    if abs(delta) <= tolerance:
+        # The arms agree exactly: no evidence of a difference (a plain 0, not -1e-17).
+        return 0.0, 1.0, NO_VARIATION_NOTE
+    # A shift without any estimated noise would give p = 0 and a zero-width interval, a
+    # certainty that a few seeds and subjects cannot give: untestable instead.
+    return delta, float("nan"), CONSTANT_SHIFT_NOTE
+
+
 def _check_level(ci_level: float) -> None:
     if not 0.0 < ci_level < 1.0:
         raise ValueError(f"ci_level must lie strictly between 0 and 1, got {ci_level}")
@@ -489,6 +550,16 @@ def compare_arms(
     A is `deterministic_a` (a baseline with no seed, e.g. the ridge: its seed term is 0) or
     `allow_one_seed` asks for the subject-only interval (flagged in ``method``).
     `subject_variance` overrides ``S_D^2`` (`metric_difference` passes the AUC's unbiased one).
+
+    No variation, no interval. When the estimated se is 0 (up to floating-point rounding:
+    ``ZERO_SE_RTOL`` times the largest pseudo-value), e.g. every seed of both arms has AUC 1 or
+    makes the same calls on every subject, the t rule would claim a certain, zero-width
+    interval. Instead ``ci_low`` and ``ci_high`` are NaN and ``note`` says why, and
+
+    - a difference of 0 (up to the same rounding; reported as exactly 0.0) has p = 1.0 (no
+      evidence of a difference; ``NO_VARIATION_NOTE``);
+    - a non-zero difference (every subject moves by the same amount) has p = NaN (untestable,
+      left out of a multiplicity family by `adjust_pvalues`; ``CONSTANT_SHIFT_NOTE``), not 0.
     """
     _check_level(ci_level)
     arm_a, arm_b = _as_seed_matrix(a, "a"), _as_seed_matrix(b, "b")
@@ -506,7 +577,14 @@ def compare_arms(
             None if subject_variance is None else np.asarray(subject_variance, dtype=np.float64),
         )
     )
-    low, high, p_value = _t_decision(delta, se, df, ci_level)
+    note = None
+    scale = float(max(np.abs(arm_a).max(), np.abs(arm_b).max()))
+    undetermined = _undetermined(delta, se, scale)
+    if undetermined is None:
+        low, high, p_value = _t_decision(delta, se, df, ci_level)
+    else:
+        delta, p_value, note = undetermined
+        low = high = float("nan")
     seeds = (arm_b.shape[0],) if deterministic_a else (arm_a.shape[0], arm_b.shape[0])
     method = _method(seeds, seed_sd) + ("; A deterministic" if deterministic_a else "")
     return ArmDifference(
@@ -521,6 +599,7 @@ def compare_arms(
         n_subjects=arm_a.shape[1],
         method=method,
         seed_sd=seed_sd,
+        note=note,
     )
 
 
@@ -538,6 +617,8 @@ def metric_difference(
 
     For the AUC the subject term is `auc_subject_variance` (small-sample unbiased) rather than
     the pseudo-values' sample variance, which is DeLong's and biased upward at small n.
+    Thresholded metrics call at 0.5: pass `calls_at_thresholds` for other cuts. With no
+    variation in the data (both arms perfect) there is no interval: see `compare_arms`.
     """
     values_a = pseudo_values(kind, metric, target, predictions_a)
     values_b = pseudo_values(kind, metric, target, predictions_b)

@@ -8,6 +8,14 @@ brain-age bias correction, the probability threshold of binary tasks), scores ``
 subjects (``evaluation.seeds``), scores two baselines on the same subjects (mean predictor,
 ridge on voxels; deterministic, so subject-bootstrap CIs) and compares the model with the ridge
 (``decision.metric_difference``), and probes the first seed's backbone features for site.
+
+With cross-validation (``data.splits.mode: kfold``) every fold's models predict their own
+validation and test folds and the held-out sites, and the baselines are refitted per fold on its
+training subjects. The folds are then put together: each subject's validation and test
+predictions come from the one fold where it was validated or tested, so ``val`` and ``test``
+hold every cross-validated subject once; a held-out-site subject's prediction for a seed is the
+mean over the folds' models (their cross-validation ensemble). Thresholds and bias corrections
+are then fitted per seed on the pooled validation predictions, exactly as for one split.
 """
 
 from __future__ import annotations
@@ -15,17 +23,23 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from neurotransfer.config import FinetuneSettings, Settings, SettingsError
+from neurotransfer.config import (
+    EvaluateSettings,
+    FinetuneSettings,
+    Settings,
+    SettingsError,
+    SplitSettings,
+)
 from neurotransfer.evaluation.baselines import (
     downsample_for_baseline,
-    mean_predictor_baseline,
     ridge_voxel_baseline,
+    scored_point_metrics,
 )
 from neurotransfer.evaluation.bootstrap import evaluate_predictions, require_columns, split_groups
 from neurotransfer.evaluation.metrics import (
@@ -44,6 +58,10 @@ from neurotransfer.evaluation.seeds import (
     seed_key,
 )
 from neurotransfer.evaluation.site_probe import openbhb_score, site_probe
+
+if TYPE_CHECKING:
+    from neurotransfer.data import TaskDataModule
+    from neurotransfer.train.checkpoint import SeedModel
 
 log = logging.getLogger(__name__)
 
@@ -213,10 +231,18 @@ def paired_against_baseline(
     return compared
 
 
-def check_models_match_settings(meta: dict[str, Any], ft: FinetuneSettings, task_name: str) -> None:
-    """Stop when the saved models are not the ones ``finetune`` params describe (seed values,
-    ensemble size): evaluating stale models would report another run's figures."""
-    expected = {"seeds": ft.seed_values(), "ensemble_size": ft.ensemble_size}
+def check_models_match_settings(
+    meta: dict[str, Any],
+    ft: FinetuneSettings,
+    task_name: str,
+    splits: SplitSettings | None = None,
+) -> None:
+    """Stop when the saved models are not the ones ``finetune`` (and ``data.splits``) params
+    describe (seed values, ensemble size, cross-validation folds): evaluating stale models would
+    report another run's figures."""
+    expected: dict[str, Any] = {"seeds": ft.seed_values(), "ensemble_size": ft.ensemble_size}
+    if splits is not None:
+        expected["folds"] = splits.k if splits.mode == "kfold" else None
     problems = [
         f"{key}: saved {meta.get(key)!r}, params {value!r}"
         for key, value in expected.items()
@@ -230,48 +256,151 @@ def check_models_match_settings(meta: dict[str, Any], ft: FinetuneSettings, task
         )
 
 
-def evaluate_task(settings: Settings, task_name: str, root: Path = Path(".")) -> TaskEvaluation:
-    from neurotransfer.data import TaskDataModule
-    from neurotransfer.train.checkpoint import load_seed_models
-    from neurotransfer.train.finetune import FINETUNED_DIR, manifest_path, task_settings
+@dataclass
+class FoldPredictions:
+    """One fold's (or the single split's) predictions: a table per split, the first seed's
+    backbone features per split and each seed's member predictions ``{split: {seed: [N, M]}}``,
+    all in the same row order."""
+
+    frames: dict[str, pd.DataFrame]
+    features: dict[str, np.ndarray]
+    members: dict[str, dict[int, np.ndarray]]
+
+
+def predict_fold(
+    seed_models: list[SeedModel],
+    datamodule: TaskDataModule,
+    splits: tuple[str, ...],
+    device: str,
+    flip_tta: bool,
+) -> FoldPredictions:
+    """Every seed's predictions on those of `splits` that have subjects."""
     from neurotransfer.train.predict import predict_seeds
 
-    task = task_settings(settings, task_name)
-    ev = settings.evaluate
-    seed_models, meta = load_seed_models(root / FINETUNED_DIR / task_name)
-    check_models_match_settings(meta, settings.finetune, task_name)
-    seed_values = [model.seed for model in seed_models]
-    datamodule = TaskDataModule(
-        manifest_path=manifest_path(settings, root),
-        task_name=task_name,
-        task=task,
-        batch_size=settings.finetune.batch_size,
-        num_workers=settings.finetune.num_workers,
-        augment=settings.data.augment,
-        seed=settings.finetune.seed,
-        root=root,
-    )
     datamodule.setup("predict")
-    device = (
-        "cuda" if torch.cuda.is_available() and settings.finetune.accelerator != "cpu" else "cpu"
-    )
-
-    frames: dict[str, pd.DataFrame] = {}
-    features: dict[str, np.ndarray] = {}
-    members: dict[str, dict[int, np.ndarray]] = {}
-    for split in ("train", "val", *EVAL_SPLITS):
+    predicted = FoldPredictions({}, {}, {})
+    for split in splits:
         if datamodule.frame(split).empty:
             continue
-        frames[split], features[split], members[split] = predict_seeds(
+        frame, features, members = predict_seeds(
             seed_models,
             datamodule.dataloader(split, augment=False, shuffle=False),
             split,
             device,
-            ev.flip_tta,
+            flip_tta,
         )
-    missing = [s for s in ("train", "val", "test") if s not in frames]
-    if missing:
-        raise ValueError(f"task {task_name!r} has no subjects in split(s) {missing}")
+        predicted.frames[split] = frame
+        predicted.features[split] = features
+        predicted.members[split] = members
+    return predicted
+
+
+# Columns the baselines' predictions are carried in beside the model's (dropped from the output).
+MEAN_COLUMN = "baseline_mean"
+RIDGE_COLUMN = "baseline_ridge"
+
+
+def add_baseline_predictions(
+    predicted: FoldPredictions,
+    datamodule: TaskDataModule,
+    kind: str,
+    ridge: bool,
+    seed: int,
+    root: Path,
+) -> None:
+    """Fit the baselines on the fold's training subjects (the ridge's penalty on its validation
+    subjects) and add their predictions for its validation and scored subjects as
+    ``baseline_mean`` / ``baseline_ridge`` columns of `predicted`'s tables."""
+    train = datamodule.frame("train")
+    train_target = train["target"].to_numpy(float)
+    scored = ["val", *(s for s in EVAL_SPLITS if s in predicted.frames)]
+    for split in scored:
+        predicted.frames[split][MEAN_COLUMN] = float(train_target.mean())
+    if not ridge:
+        return
+    x = {
+        split: _volumes(predicted.frames[split], datamodule.frame(split), root, BASELINE_DOWNSAMPLE)
+        for split in scored
+    }
+    # Validation predictions too, for the ridge's own threshold (the model's rule; they are
+    # in-sample for the ridge, which is refitted on train + val).
+    predictions = ridge_voxel_baseline(
+        _volumes(train, train, root, BASELINE_DOWNSAMPLE),
+        train_target,
+        x["val"],
+        predicted.frames["val"]["target"].to_numpy(),
+        np.concatenate([x[split] for split in scored]),
+        kind,
+        seed,
+    )
+    offset = 0
+    for split in scored:
+        n = len(predicted.frames[split])
+        predicted.frames[split][RIDGE_COLUMN] = predictions[offset : offset + n]
+        offset += n
+
+
+def combine_folds(folds: list[FoldPredictions]) -> FoldPredictions:
+    """The folds' predictions as one table per split: ``val`` and ``test`` concatenated (each
+    subject is validated and tested in one fold) with a ``fold`` column, ``ood_test`` averaged
+    over the folds' models (the same subjects, in the same order, in every fold). Features are
+    the first fold's: different networks share no feature space."""
+    if len(folds) == 1:
+        return folds[0]
+    combined = FoldPredictions({}, dict(folds[0].features), {})
+    for split in ("val", "test"):
+        combined.frames[split] = pd.concat(
+            [f.frames[split].assign(fold=index) for index, f in enumerate(folds)],
+            ignore_index=True,
+        )
+        combined.members[split] = {
+            seed: np.concatenate([f.members[split][seed] for f in folds])
+            for seed in folds[0].members[split]
+        }
+    if "ood_test" in folds[0].frames:
+        frames = [f.frames["ood_test"] for f in folds]
+        for frame in frames[1:]:
+            if not frame["subject_id"].equals(frames[0]["subject_id"]):
+                raise ValueError("the folds' ood_test predictions are not in the same order")
+        averaged = [c for c in frames[0].columns if c.startswith(("prediction", "baseline_"))]
+        ood = frames[0].copy()
+        ood[averaged] = np.mean([frame[averaged].to_numpy(float) for frame in frames], axis=0)
+        combined.frames["ood_test"] = ood
+        combined.members["ood_test"] = {
+            seed: np.mean([f.members["ood_test"][seed] for f in folds], axis=0)
+            for seed in folds[0].members["ood_test"]
+        }
+    return combined
+
+
+def evaluate_task(settings: Settings, task_name: str, root: Path = Path(".")) -> TaskEvaluation:
+    from neurotransfer.train.checkpoint import load_fold_models
+    from neurotransfer.train.finetune import FINETUNED_DIR, task_datamodule, task_settings
+
+    task = task_settings(settings, task_name)
+    ev = settings.evaluate
+    fold_models, meta = load_fold_models(root / FINETUNED_DIR / task_name)
+    check_models_match_settings(meta, settings.finetune, task_name, settings.data.splits)
+    seed_values = [model.seed for model in fold_models[0]]
+    device = (
+        "cuda" if torch.cuda.is_available() and settings.finetune.accelerator != "cpu" else "cpu"
+    )
+    folds = settings.data.splits.folds()
+    per_fold = []
+    for index, (fold, seed_models) in enumerate(zip(folds, fold_models, strict=True)):
+        datamodule = task_datamodule(settings, task_name, root, fold=fold)
+        datamodule.setup("predict")
+        # Training subjects are predicted for the site probe only, which uses the first fold.
+        splits = ("train", "val", *EVAL_SPLITS) if index == 0 else ("val", *EVAL_SPLITS)
+        predicted = predict_fold(seed_models, datamodule, splits, device, ev.flip_tta)
+        missing = [s for s in ("train", "val", "test") if datamodule.frame(s).empty]
+        if missing:
+            where = "" if fold is None else f" (cross-validation fold {fold})"
+            raise ValueError(f"task {task_name!r} has no subjects in split(s) {missing}{where}")
+        add_baseline_predictions(predicted, datamodule, task.kind, ev.ridge_baseline, ev.seed, root)
+        per_fold.append(predicted)
+    combined = combine_folds(per_fold)
+    frames, members = combined.frames, combined.members
 
     metrics: dict[str, Any] = {
         "task": task_name,
@@ -281,6 +410,9 @@ def evaluate_task(settings: Settings, task_name: str, root: Path = Path(".")) ->
         "n": {split: len(frame) for split, frame in frames.items()},
         "n_seeds": len(seed_values),
     }
+    if folds != [None]:
+        # `n` counts each fold's validation and test subjects once; `train` is the first fold's.
+        metrics["n_folds"] = len(folds)
     # Everything fitted per seed is fitted on that seed's validation predictions only.
     seed_records: dict[int, dict[str, Any]] = {s: {"seed": s} for s in seed_values}
     thresholds: dict[int, float] = {}
@@ -311,7 +443,7 @@ def evaluate_task(settings: Settings, task_name: str, root: Path = Path(".")) ->
     metrics["model_metrics"], per_seed = evaluate_seed_predictions(
         evaluated, task.kind, seed_values, thresholds, ev.ci_level
     )
-    for seed, model in zip(seed_values, seed_models, strict=True):
+    for seed, model in zip(seed_values, fold_models[0], strict=True):
         seed_records[seed].update(per_seed[seed])
         if len(model.modules) > 1:
             # Each member alone (point estimates), to show what averaging them bought.
@@ -325,62 +457,15 @@ def evaluate_task(settings: Settings, task_name: str, root: Path = Path(".")) ->
             }
     # Keyed by seed value, not a list: `dvc metrics show/diff` flatten dicts.
     metrics["seeds"] = {seed_key(s): seed_records[s] for s in seed_values}
-
-    # Baselines on exactly the same subjects.
-    baselines: dict[str, Any] = {}
-    train_target = frames["train"]["target"].to_numpy()
-    baselines["mean_predictor"] = mean_predictor_baseline(train_target, evaluated, task.kind)
-    if ev.ridge_baseline:
-        x = {s: _volumes(frames[s], datamodule.frame(s), root, BASELINE_DOWNSAMPLE) for s in frames}
-        eval_x = np.concatenate([x[s] for s in EVAL_SPLITS if s in frames])
-        n_val = len(x["val"])
-        # Validation predictions too, for the ridge's own threshold (the model's rule; they
-        # are in-sample for the ridge, which is refitted on train + val).
-        ridge_pred = ridge_voxel_baseline(
-            x["train"],
-            train_target,
-            x["val"],
-            val["target"].to_numpy(),
-            np.concatenate([x["val"], eval_x]),
-            task.kind,
-            ev.seed,
-        )
-        ridge_val, ridge_eval = ridge_pred[:n_val], ridge_pred[n_val:]
-        ridge_threshold = DEFAULT_THRESHOLD
-        if task.kind == "binary":
-            ridge_threshold = choose_threshold(val["target"], ridge_val).threshold
-        ridge_frame = evaluated[["subject_id", "dataset", "site", "split", "target"]].assign(
-            prediction=ridge_eval
-        )
-        baselines["ridge_voxels"] = evaluate_predictions(
-            ridge_frame,
-            task.kind,
-            ev.bootstrap_samples,
-            ev.ci_level,
-            ev.seed,
-            threshold=ridge_threshold,
-        )
-        if task.kind == "binary":
-            metrics["baseline_thresholds"] = {"ridge_voxels": ridge_threshold}
-        # Two unpaired intervals overlap long before a difference is doubtful: the paired
-        # difference (model - ridge) on the same subjects answers "does the model beat it?".
-        metrics["model_minus_ridge"] = paired_against_baseline(
-            ridge_frame,
-            evaluated,
-            task.kind,
-            seed_values,
-            ev.ci_level,
-            thresholds,
-            ridge_threshold,
-        )
-    metrics["baselines"] = baselines
+    metrics.update(_baseline_metrics(frames, evaluated, task.kind, seed_values, thresholds, ev))
 
     # Site predictability of the backbone's features (OpenBHB-style probe), on every subject
     # the model saw or was scored on: lower means features that carry less scanner signature.
-    # The first seed's (first member's) features: independently trained networks share no
-    # feature space.
-    all_features = np.concatenate([features[s] for s in frames])
-    all_sites = np.concatenate([frames[s]["site"].to_numpy() for s in frames])
+    # The first seed's (first member's) features in the first fold: independently trained
+    # networks share no feature space.
+    first = per_fold[0]
+    all_features = np.concatenate([first.features[s] for s in first.frames])
+    all_sites = np.concatenate([first.frames[s]["site"].to_numpy() for s in first.frames])
     probe = site_probe(all_features, all_sites, folds=ev.site_probe_folds, seed=ev.seed)
     metrics["site_probe"] = {**probe, "seed": seed_values[0]}
     if task.kind == "regression":
@@ -390,6 +475,40 @@ def evaluate_task(settings: Settings, task_name: str, root: Path = Path(".")) ->
             "split": split,
             "value": openbhb_score(mae, probe["balanced_accuracy"], probe["n_sites"]),
         }
-    return TaskEvaluation(
-        metrics=metrics, predictions=pd.concat(frames.values(), ignore_index=True)
+    output = [frames[s] for s in ("train", "val", *EVAL_SPLITS) if s in frames]
+    predictions = pd.concat(output, ignore_index=True).drop(
+        columns=[MEAN_COLUMN, RIDGE_COLUMN], errors="ignore"
     )
+    return TaskEvaluation(metrics=metrics, predictions=predictions)
+
+
+def _baseline_metrics(
+    frames: dict[str, pd.DataFrame],
+    evaluated: pd.DataFrame,
+    kind: str,
+    seed_values: list[int],
+    thresholds: dict[int, float],
+    ev: EvaluateSettings,
+) -> dict[str, Any]:
+    """The baselines' metrics on exactly the model's subjects (``baselines``), the ridge's
+    threshold, and the paired model - ridge differences (``model_minus_ridge``)."""
+    keys = ["subject_id", "dataset", "site", "split", "target"]
+    mean_frame = evaluated[keys].assign(prediction=evaluated[MEAN_COLUMN])
+    out: dict[str, Any] = {"baselines": {"mean_predictor": scored_point_metrics(mean_frame, kind)}}
+    if not ev.ridge_baseline:
+        return out
+    ridge_threshold = DEFAULT_THRESHOLD
+    if kind == "binary":
+        val = frames["val"]
+        ridge_threshold = choose_threshold(val["target"], val[RIDGE_COLUMN]).threshold
+        out["baseline_thresholds"] = {"ridge_voxels": ridge_threshold}
+    ridge_frame = evaluated[keys].assign(prediction=evaluated[RIDGE_COLUMN])
+    out["baselines"]["ridge_voxels"] = evaluate_predictions(
+        ridge_frame, kind, ev.bootstrap_samples, ev.ci_level, ev.seed, threshold=ridge_threshold
+    )
+    # Two unpaired intervals overlap long before a difference is doubtful: the paired
+    # difference (model - ridge) on the same subjects answers "does the model beat it?".
+    out["model_minus_ridge"] = paired_against_baseline(
+        ridge_frame, evaluated, kind, seed_values, ev.ci_level, thresholds, ridge_threshold
+    )
+    return out

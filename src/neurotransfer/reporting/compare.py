@@ -8,13 +8,20 @@ random-effects variance, one Satterthwaite t interval and p-value. Each task kin
 pre-declared primary metric (AUC, raw MAE); the primaries over tasks and splits are one family
 whose p-values are adjusted for multiplicity (Holm, or Benjamini-Hochberg), and only they
 decide. Every other metric is listed apart, as exploratory and unadjusted.
+
+Thresholded binary metrics (balanced accuracy, sensitivity, ...) call each seed's subjects at
+the threshold `evaluate` chose for that seed on validation, read from the same revision's
+metrics (``seeds.seed<k>.threshold``), so compare scores what `evaluate` reported; 0.5 only
+where an older run records none, noted once per arm. Without any variation in the data (e.g.
+every seed of both arms perfect) a difference has no interval, and the table says so.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -26,14 +33,19 @@ from neurotransfer.evaluation.decision import (
     PSEUDO_VALUE_METRICS,
     SEEDS_KEY,
     adjust_pvalues,
+    calls_at_thresholds,
     metric_difference,
 )
 from neurotransfer.evaluation.metrics import (
+    DEFAULT_THRESHOLD,
+    THRESHOLDED_METRICS,
     binary_metrics_unchecked,
     check_binary,
     check_regression,
+    check_threshold,
     regression_metrics_unchecked,
 )
+from neurotransfer.evaluation.seeds import seed_key
 from neurotransfer.reporting.revisions import ExperimentResults, seed_columns
 
 EVAL_SPLITS = ("test", "ood_test")
@@ -57,19 +69,47 @@ class Comparison:
     results: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     kinds: dict[str, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # e.g. an arm's thresholds fell back to 0.5
 
     @property
     def alpha(self) -> float:
         return 1.0 - self.ci_level
 
 
-def _arm_seeds(
-    side: list[ExperimentResults], task: str, split: str
-) -> list[tuple[str, pd.DataFrame]]:
-    """``(seed label, rows with subject_id, target, prediction)`` per seed of an arm's split."""
+class ArmSeed(NamedTuple):
+    label: str
+    rows: pd.DataFrame  # subject_id, _occurrence, target, prediction
+    threshold: float | None  # validation-chosen cut of a binary task; None: none recorded
+
+
+def recorded_threshold(metrics: Mapping[str, Any], seed: int | None) -> float | None:
+    """The probability threshold `evaluate` chose on validation for `seed`.
+
+    Read from a task's metrics JSON (``seeds.seed<k>.threshold``); a table with only a
+    ``prediction`` column (`seed` None) takes that of the single seed recorded, if one is. None
+    when the metrics record no threshold (runs from before thresholds were chosen).
+    """
+    records = metrics.get("seeds")
+    if not isinstance(records, Mapping):
+        return None
+    if seed is None:
+        record = next(iter(records.values())) if len(records) == 1 else None
+    else:
+        record = records.get(seed_key(seed))
+    value = record.get("threshold") if isinstance(record, Mapping) else None
+    if value is None:  # JSON null: NaN was written, i.e. no threshold
+        return None
+    threshold = float(value)
+    check_threshold(threshold)  # a corrupt record must not silently change every call
+    return threshold
+
+
+def _arm_seeds(side: list[ExperimentResults], task: str, split: str) -> list[ArmSeed]:
+    """One `ArmSeed` per seed of an arm's split, with its recorded threshold."""
     seeds = []
     for experiment in side:
-        frame = experiment.tasks[task].predictions
+        result = experiment.tasks[task]
+        frame = result.predictions
         assert frame is not None, "read with predictions"
         rows = frame[frame["split"] == split]
         if rows.empty:
@@ -78,29 +118,43 @@ def _arm_seeds(
         columns = seed_columns(rows, f"{experiment.label}: {task}")
         for seed, column in columns.items():
             label = f"{experiment.label}:seed{seed}" if seed is not None else experiment.label
+            threshold = None
+            if result.kind == "binary":
+                try:
+                    threshold = recorded_threshold(result.metrics, seed)
+                except (TypeError, ValueError) as err:
+                    raise ValueError(f"{label}: `{task}` records a bad threshold: {err}") from err
             seeds.append(
-                (
+                ArmSeed(
                     label,
                     keyed[["subject_id", "_occurrence", "target"]].assign(
                         prediction=keyed[column].to_numpy()
                     ),
+                    threshold,
                 )
             )
     return seeds
 
 
+def _cuts(seeds: list[ArmSeed]) -> np.ndarray:
+    """Each seed's threshold, 0.5 where none is recorded (as `evaluate` did before choosing)."""
+    return np.array(
+        [DEFAULT_THRESHOLD if s.threshold is None else s.threshold for s in seeds], dtype=float
+    )
+
+
 def _aligned(
-    seeds_a: list[tuple[str, pd.DataFrame]], seeds_b: list[tuple[str, pd.DataFrame]]
+    seeds_a: list[ArmSeed], seeds_b: list[ArmSeed]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Target ``(n,)`` and predictions ``(s_A, n)``, ``(s_B, n)`` on the subjects all seeds share.
 
     A subject with several scans pairs scan by scan (first with first), as `align_predictions`.
     """
     keys = ["subject_id", "_occurrence"]
-    merged = seeds_a[0][1][[*keys, "target"]]
-    for index, (_, frame) in enumerate([*seeds_a, *seeds_b]):
+    merged = seeds_a[0].rows[[*keys, "target"]]
+    for index, seed in enumerate([*seeds_a, *seeds_b]):
         merged = merged.merge(
-            frame[[*keys, "target", "prediction"]].rename(
+            seed.rows[[*keys, "target", "prediction"]].rename(
                 columns={"target": f"target_{index}", "prediction": f"prediction_{index}"}
             ),
             on=keys,
@@ -113,7 +167,7 @@ def _aligned(
         if differs.any():
             raise ValueError(
                 f"{int(differs.sum())} shared subject(s) have different targets in "
-                f"{[*seeds_a, *seeds_b][index][0]} (e.g. "
+                f"{[*seeds_a, *seeds_b][index].label} (e.g. "
                 f"{merged.loc[differs, 'subject_id'].head(3).tolist()}): not the same test data"
             )
     predictions = merged[[f"prediction_{i}" for i in range(len(seeds_a) + len(seeds_b))]]
@@ -122,21 +176,40 @@ def _aligned(
 
 
 def _mean_metric(kind: str, metric: str, target: np.ndarray, predictions: np.ndarray) -> float:
-    """The plain metric averaged over an arm's seeds (what one fine-tuned model scores)."""
+    """The plain metric averaged over an arm's seeds (what one fine-tuned model scores).
+
+    `predictions` are `calls_at_thresholds` for a thresholded metric: 0/1 calls, which the
+    default 0.5 cut keeps as they are.
+    """
     score = binary_metrics_unchecked if kind == "binary" else regression_metrics_unchecked
     return float(np.mean([score(target, row)[metric] for row in predictions]))
 
 
 def _compare_split(
-    kind: str, target: np.ndarray, arm_a: np.ndarray, arm_b: np.ndarray, ci_level: float
+    kind: str,
+    target: np.ndarray,
+    arm_a: np.ndarray,
+    arm_b: np.ndarray,
+    ci_level: float,
+    cuts_a: np.ndarray | None = None,
+    cuts_b: np.ndarray | None = None,
 ) -> dict[str, dict[str, Any]]:
+    """Every metric's B - A; thresholded binary metrics at each seed's cut (`cuts_a`, `cuts_b`,
+    one per seed; default 0.5)."""
     check = check_binary if kind == "binary" else check_regression
     for row in [*arm_a, *arm_b]:
         check(target, row)
+    if cuts_a is None:
+        cuts_a = np.full(len(arm_a), DEFAULT_THRESHOLD)
+    if cuts_b is None:
+        cuts_b = np.full(len(arm_b), DEFAULT_THRESHOLD)
     entries: dict[str, dict[str, Any]] = {}
     for metric in PSEUDO_VALUE_METRICS[kind]:
+        # The same calls for the point estimates and the pseudo-values, as `evaluate` makes them.
+        inputs_a = calls_at_thresholds(kind, metric, arm_a, cuts_a)
+        inputs_b = calls_at_thresholds(kind, metric, arm_b, cuts_b)
         try:
-            result = metric_difference(kind, metric, target, arm_a, arm_b, ci_level)
+            result = metric_difference(kind, metric, target, inputs_a, inputs_b, ci_level)
         except ValueError as err:
             if metric == PRIMARY_METRIC[kind] or "single fine-tuning seed" in str(err):
                 raise
@@ -144,8 +217,8 @@ def _compare_split(
         if not math.isfinite(result.difference):
             continue
         entries[metric] = {
-            "a": _mean_metric(kind, metric, target, arm_a),
-            "b": _mean_metric(kind, metric, target, arm_b),
+            "a": _mean_metric(kind, metric, target, inputs_a),
+            "b": _mean_metric(kind, metric, target, inputs_b),
             "difference": result.difference,
             "ci_low": result.ci_low,
             "ci_high": result.ci_high,
@@ -153,10 +226,25 @@ def _compare_split(
             "se": result.se,
             "df": result.df,
             "seed_sd": result.seed_sd,
+            "note": result.note,  # why the interval (or p) is NaN, e.g. no variation at all
             "higher_is_better": metric in HIGHER_IS_BETTER,
             "primary": metric == PRIMARY_METRIC[kind],
         }
     return entries
+
+
+def _threshold_notes(name: str, missing: dict[str, list[str]]) -> list[str]:
+    """One line for an arm whose binary tasks' metrics record no threshold for some seeds."""
+    # Each split lists the same seeds again: keep every label once, in order.
+    unique = {task: list(dict.fromkeys(labels)) for task, labels in missing.items() if labels}
+    if not unique:
+        return []
+    where = "; ".join(f"`{task}` ({', '.join(labels)})" for task, labels in unique.items())
+    return [
+        f"Arm {name}: no validation-chosen threshold recorded for {where} (a run from before "
+        f"thresholds were chosen): their thresholded metrics ({', '.join(THRESHOLDED_METRICS)}) "
+        f"cut probabilities at {DEFAULT_THRESHOLD:g}."
+    ]
 
 
 def compare_experiments(
@@ -184,6 +272,8 @@ def compare_experiments(
         adjust=adjust,
     )
     everyone = [*side_a, *side_b]
+    # Per arm, {task: seed labels without a recorded threshold}, for one note line per arm.
+    no_threshold: dict[str, dict[str, list[str]]] = {"A": {}, "B": {}}
     for task in sorted(set().union(*(e.tasks for e in everyone))):
         missing = [e.label for e in everyone if task not in e.tasks]
         if missing:
@@ -203,26 +293,36 @@ def compare_experiments(
             for name, seeds in (("A", seeds_a), ("B", seeds_b)):
                 if len(seeds) < 2:
                     raise ValueError(
-                        f"arm {name} ({seeds[0][0]}) has a single fine-tuning seed for `{task}`: "
-                        f"training noise cannot be estimated from one seed, and without it two "
-                        f"seeds of the same configuration come out 'significantly' different. "
+                        f"arm {name} ({seeds[0].label}) has a single fine-tuning seed for "
+                        f"`{task}`: training noise cannot be estimated from one seed, and "
+                        f"without it two seeds of the same configuration come out "
+                        f"'significantly' different. "
                         f"Train several seeds (set `{SEEDS_KEY}`, e.g. [0, 1, 2]) or pass one "
                         f"revision per seed (rev1,rev2,rev3)"
                     )
+                if kind == "binary":
+                    unrecorded = no_threshold[name].setdefault(task, [])
+                    unrecorded += [s.label for s in seeds if s.threshold is None]
             target, arm_a, arm_b = _aligned(seeds_a, seeds_b)
             comparison.results[(task, split)] = {
                 "n_subjects": int(target.size),
-                "seeds_a": [label for label, _ in seeds_a],
-                "seeds_b": [label for label, _ in seeds_b],
-                "metrics": _compare_split(kind, target, arm_a, arm_b, ci_level),
+                "seeds_a": [s.label for s in seeds_a],
+                "seeds_b": [s.label for s in seeds_b],
+                "metrics": _compare_split(
+                    kind, target, arm_a, arm_b, ci_level, _cuts(seeds_a), _cuts(seeds_b)
+                ),
             }
     primaries = [
         result["metrics"][PRIMARY_METRIC[comparison.kinds[task]]]
         for (task, _), result in comparison.results.items()
     ]
+    # An untestable primary (NaN p: no variation at all) is left out of the family and keeps a
+    # NaN adjusted p; the Markdown says how many were left out.
     adjusted = adjust_pvalues([entry["p_value"] for entry in primaries], adjust)
     for entry, p_adjusted in zip(primaries, adjusted, strict=True):
         entry["p_adjusted"] = float(p_adjusted)
+    comparison.notes += _threshold_notes("A", no_threshold["A"])
+    comparison.notes += _threshold_notes("B", no_threshold["B"])
     return comparison
 
 
@@ -238,6 +338,13 @@ def _p(value: float) -> str:
     if value is None or not math.isfinite(value):
         return "–"
     return "<0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def _interval(entry: dict[str, Any]) -> str:
+    """The interval cell, or the note saying why there is none (never a zero-width interval)."""
+    if entry.get("note"):
+        return entry["note"]
+    return f"[{_signed(entry['ci_low'])}, {_signed(entry['ci_high'])}]"
 
 
 def _better_side(entry: dict[str, Any]) -> str:
@@ -262,9 +369,17 @@ def comparison_markdown(
     adjust = ADJUST_LABELS[comparison.adjust]
     a = ", ".join(f"`{x}`" for x in comparison.labels_a)
     b = ", ".join(f"`{x}`" for x in comparison.labels_b)
-    n_primary = sum(
-        "p_adjusted" in r["metrics"].get(PRIMARY_METRIC[comparison.kinds[t]], {})
+    primary_p = [
+        r["metrics"][PRIMARY_METRIC[comparison.kinds[t]]]["p_value"]
         for (t, _), r in comparison.results.items()
+    ]
+    n_primary = sum(math.isfinite(p) for p in primary_p)
+    untestable = len(primary_p) - n_primary
+    left_out = (
+        f" ({untestable} without a p-value, having no variation to test against, "
+        f"{'is' if untestable == 1 else 'are'} left out of the family)"
+        if untestable
+        else ""
     )
     lines = [
         "## Paired comparison",
@@ -277,8 +392,11 @@ def comparison_markdown(
         f"subject random-effects variance (seed noise and subject sampling, subjects paired), "
         f"and from the same (Δ, SE, Satterthwaite df): a {level} t interval and a two-sided "
         f"p-value. One primary metric per task (AUC; raw MAE for regression); the "
-        f"{n_primary} primary tests (tasks × splits) are adjusted together ({adjust}). "
-        f"*Decision*: the better side when the adjusted p < {comparison.alpha:g}, else –.",
+        f"{n_primary} primary tests (tasks × splits) are adjusted together ({adjust})"
+        f"{left_out}. Thresholded metrics call each seed at its own validation-chosen "
+        f"threshold, as `evaluate` does. Without any variation across seeds or subjects there "
+        f"is no interval (the table says so). *Decision*: the better side when the adjusted "
+        f"p < {comparison.alpha:g}, else –.",
         "",
         "### Primary (decides)",
         "",
@@ -292,7 +410,7 @@ def comparison_markdown(
         lines.append(
             f"| {task} | {SPLIT_LABELS.get(split, split)} | {name} | {_fmt(e['a'])} "
             f"| {_fmt(e['b'])} | {_signed(e['difference'])} "
-            f"| [{_signed(e['ci_low'])}, {_signed(e['ci_high'])}] | {_p(e['p_value'])} "
+            f"| {_interval(e)} | {_p(e['p_value'])} "
             f"| {_p(e['p_adjusted'])} | {decision(e, comparison.alpha)} "
             f"| {len(result['seeds_a'])} / {len(result['seeds_b'])} "
             f"| {result['n_subjects']} |"
@@ -317,7 +435,7 @@ def comparison_markdown(
             lines.append(
                 f"| {task} | {SPLIT_LABELS.get(split, split)} | {name} | {_fmt(e['a'])} "
                 f"| {_fmt(e['b'])} | {_signed(e['difference'])} "
-                f"| [{_signed(e['ci_low'])}, {_signed(e['ci_high'])}] | {_p(e['p_value'])} |"
+                f"| {_interval(e)} | {_p(e['p_value'])} |"
             )
     if comparison.results:
         first = next(iter(comparison.results.values()))
@@ -326,6 +444,8 @@ def comparison_markdown(
             f"Seeds: A {len(first['seeds_a'])} ({', '.join(first['seeds_a'])}); "
             f"B {len(first['seeds_b'])} ({', '.join(first['seeds_b'])}).",
         ]
+    if comparison.notes:
+        lines += ["", *comparison.notes]
     if comparison.skipped:
         lines += ["", "Not compared:", *(f"- {reason}" for reason in comparison.skipped)]
     return "\n".join(lines) + "\n"

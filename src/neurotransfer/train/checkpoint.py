@@ -11,6 +11,10 @@ Layout of ``models/finetuned/<task>/``::
         meta.json              everything needed to rebuild this seed's module(s), with its
                                ``members`` (seed, epoch, validation score of each)
 
+With cross-validation (``data.splits.mode: kfold``) the task folder holds one such set per
+fold instead, ``fold<f>/meta.json`` and ``fold<f>/seed<k>/``, and its own ``meta.json`` adds
+``folds`` (k).
+
 Everything is written into one temporary directory and renamed into place, so a killed run, or
 one in which a later seed fails to train, leaves the previous run's models whole (or none),
 never some seeds of a new run beside old ones.
@@ -41,6 +45,11 @@ def member_file(index: int) -> str:
 def seed_dir(seed_value: int) -> str:
     """Folder (inside the task's model folder) of the model trained with seed value `seed_value`."""
     return f"seed{seed_value}"
+
+
+def fold_dir(fold: int) -> str:
+    """Folder (inside the task's model folder) of cross-validation fold `fold`'s models."""
+    return f"fold{fold}"
 
 
 @dataclass
@@ -101,6 +110,38 @@ def save_seed_models(
     ``meta`` goes to ``seed<k>/meta.json``.
     """
     directory = Path(directory)
+    checked, meta = _checked_seeds(seed_models, directory, run_meta)
+    with atomic_directory(directory) as tmp:
+        _write_seeds(checked, tmp, meta)
+    return directory
+
+
+def save_fold_models(
+    fold_models: Sequence[Sequence[SeedModel]], directory: str | Path, run_meta: dict[str, Any]
+) -> Path:
+    """Write every cross-validation fold's seed models (``fold<f>/``, each laid out as
+    `save_seed_models` lays out a task folder) and the run's ``meta.json`` (with ``folds`` and
+    ``seeds``), in one atomic replacement. Every fold must have the same seed values."""
+    directory = Path(directory)
+    if not fold_models:
+        raise ValueError(f"{directory}: no fold's models to save")
+    folds = []
+    for fold, seed_models in enumerate(fold_models):
+        folds.append(_checked_seeds(seed_models, directory / fold_dir(fold), run_meta))
+    seeds = [meta["seeds"] for _, meta in folds]
+    if any(values != seeds[0] for values in seeds):
+        raise ValueError(f"{directory}: the folds were trained with different seeds {seeds}")
+    meta = {**run_meta, "seeds": seeds[0], "folds": len(folds)}
+    with atomic_directory(directory) as tmp:
+        for fold, (checked, fold_meta) in enumerate(folds):
+            _write_seeds(checked, tmp / fold_dir(fold), {**fold_meta, "fold": fold})
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return directory
+
+
+def _checked_seeds(
+    seed_models: Sequence[SeedModel], directory: Path, run_meta: dict[str, Any]
+) -> tuple[list[tuple[int, list[TaskModule], dict[str, Any]]], dict[str, Any]]:
     if not seed_models:
         raise ValueError(f"{directory}: no seed's model to save")
     values = [model.seed for model in seed_models]
@@ -112,22 +153,29 @@ def save_seed_models(
         members = _members(model.modules, folder)
         _check_member_records(members, folder, model.meta)
         checked.append((model.seed, members, model.meta))
-    meta = {**run_meta, "seeds": values}
-    with atomic_directory(directory) as tmp:
-        for seed_value, members, seed_meta in checked:
-            _write_members(members, tmp / seed_dir(seed_value), seed_meta)
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return directory
+    return checked, {**run_meta, "seeds": values}
 
 
-def load_task_models(directory: str | Path) -> tuple[list[TaskModule], dict[str, Any]]:
+def _write_seeds(
+    checked: list[tuple[int, list[TaskModule], dict[str, Any]]], folder: Path, meta: dict[str, Any]
+) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed_value, members, seed_meta in checked:
+        _write_members(members, folder / seed_dir(seed_value), seed_meta)
+    (folder / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def load_task_models(
+    directory: str | Path, task: str | None = None
+) -> tuple[list[TaskModule], dict[str, Any]]:
     """Rebuild the saved TaskModule(s) of one folder (one seed's) in eval mode, with the
     metadata: one module for a single model, one per member for an ensemble."""
     from neurotransfer.models import TaskHead, build_backbone
 
     directory = Path(directory)
-    # One seed's folder: models/finetuned/<task>/seed<k>/
-    meta = _read_meta(directory / META_FILE, task=directory.parent.name)
+    # One seed's folder: models/finetuned/<task>/seed<k>/ (or .../fold<f>/seed<k>/)
+    task = task or directory.parent.name
+    meta = _read_meta(directory / META_FILE, task=task)
     listed = meta.get("members")
     n_members = len(listed) if isinstance(listed, list) and listed else 1
     modules = []
@@ -136,7 +184,7 @@ def load_task_models(directory: str | Path) -> tuple[list[TaskModule], dict[str,
         if not model_path.is_file():
             raise FileNotFoundError(
                 f"{model_path}: fine-tuned model file missing (member {index} of {n_members}): "
-                f"re-run `dvc repro finetune@{directory.parent.name}`"
+                f"re-run `dvc repro finetune@{task}`"
             )
         backbone = build_backbone(
             meta["model"], tuple(meta["input_shape"]), **meta["model_options"]
@@ -154,21 +202,39 @@ def load_task_models(directory: str | Path) -> tuple[list[TaskModule], dict[str,
     return modules, meta
 
 
-def load_seed_models(directory: str | Path) -> tuple[list[SeedModel], dict[str, Any]]:
-    """Every seed's module(s) of a task's model folder, in training order, and the run's meta."""
+def load_fold_models(directory: str | Path) -> tuple[list[list[SeedModel]], dict[str, Any]]:
+    """Every fold's seed models of a task's model folder, and the run's meta. A folder written
+    without cross-validation is one fold (``meta`` then has no ``folds``)."""
     directory = Path(directory)
+    meta = _read_meta(directory / META_FILE, task=directory.name)
+    if "folds" not in meta:
+        seed_models, meta = load_seed_models(directory)
+        return [seed_models], meta
+    return [
+        load_seed_models(directory / fold_dir(fold), task=directory.name)[0]
+        for fold in range(int(meta["folds"]))
+    ], meta
+
+
+def load_seed_models(
+    directory: str | Path, task: str | None = None
+) -> tuple[list[SeedModel], dict[str, Any]]:
+    """Every seed's module(s) of a task's model folder (or of one fold's folder, `task` then
+    naming the task), in training order, and the folder's meta."""
+    directory = Path(directory)
+    task = task or directory.name
     meta_path = directory / META_FILE
-    meta = _read_meta(meta_path, task=directory.name)
+    meta = _read_meta(meta_path, task=task)
     values = meta.get("seeds")
     if not isinstance(values, list) or not values:
         raise ValueError(
             f"{meta_path}: lists no fine-tuning seeds (`seeds`); the folder was written by an "
             "older version with one model and no seed folders: re-run the finetune stage "
-            f"(`dvc repro finetune@{directory.name}`)"
+            f"(`dvc repro finetune@{task}`)"
         )
     seed_models = []
     for value in values:
-        modules, seed_meta = load_task_models(directory / seed_dir(int(value)))
+        modules, seed_meta = load_task_models(directory / seed_dir(int(value)), task=task)
         seed_models.append(SeedModel(int(value), modules, seed_meta))
     return seed_models, meta
 

@@ -4,7 +4,8 @@ Reads the processed cohort through the data package's ``TaskDataModule``, builds
 named in ``settings.model`` with the ``pretrain`` stage's weights (``models/pretrained/``, for
 every source, ``scratch`` included), trains a TaskModule once per fine-tuning seed
 (``finetune.seeds``; each seed a single network or a deep ensemble) and saves them all as
-safetensors (layout: ``train.checkpoint``).
+safetensors (layout: ``train.checkpoint``). With cross-validation (``data.splits.mode: kfold``)
+it does so in every fold.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ import numpy as np
 import torch
 
 from neurotransfer.config import FinetuneSettings, Settings, SettingsError, TaskSettings
-from neurotransfer.train.checkpoint import SeedModel, member_file, save_seed_models, seed_dir
+from neurotransfer.train.checkpoint import (
+    SeedModel,
+    fold_dir,
+    member_file,
+    save_fold_models,
+    save_seed_models,
+    seed_dir,
+)
 from neurotransfer.train.fit import FitResult, fit_task_model
 from neurotransfer.train.module import OptimConfig, TaskModule
 
@@ -109,11 +117,23 @@ class TrainedTask:
 
 
 def task_datamodule(
-    settings: Settings, task_name: str, root: Path, finetune: FinetuneSettings | None = None
+    settings: Settings,
+    task_name: str,
+    root: Path,
+    finetune: FinetuneSettings | None = None,
+    fold: int | None = None,
 ) -> TaskDataModule:
+    """The task's data; with cross-validation, fold `fold`'s splits (one of
+    ``data.splits.folds()``)."""
     from neurotransfer.data import TaskDataModule
 
     ft = finetune or settings.finetune
+    splits = settings.data.splits
+    if (fold is None) != (splits.mode != "kfold"):
+        raise ValueError(
+            f"data.splits.mode is {splits.mode!r}: "
+            + ("a fold must be chosen" if fold is None else f"there is no fold {fold}")
+        )
     return TaskDataModule(
         manifest_path=manifest_path(settings, root),
         task_name=task_name,
@@ -123,6 +143,8 @@ def task_datamodule(
         augment=settings.data.augment,
         seed=ft.seed,
         root=root,
+        fold=fold,
+        n_folds=splits.k if fold is not None else None,
     )
 
 
@@ -133,12 +155,14 @@ def train_task(
     finetune: FinetuneSettings | None = None,
     datamodule: TaskDataModule | None = None,
     log_dir: Path | None = None,
+    fold: int | None = None,
     **trainer_overrides: Any,
 ) -> TrainedTask:
     """The fine-tuning recipe: the initial backbone, a task head, `fit_task_model`.
 
     `finetune` replaces ``settings.finetune`` (another seed or schedule) and `datamodule` the
     task's full data (a subset of its training subjects): the ``scaling`` stage's two knobs.
+    Without `datamodule`, the data are the task's (cross-validation fold `fold`'s).
     """
     from neurotransfer.models import TaskHead, backbone_layer_groups
 
@@ -146,7 +170,7 @@ def train_task(
     ft = finetune or settings.finetune
     L.seed_everything(ft.seed, workers=True)
     if datamodule is None:
-        datamodule = task_datamodule(settings, task_name, root, ft)
+        datamodule = task_datamodule(settings, task_name, root, ft, fold)
     datamodule.setup("fit")
     train_frame = datamodule.frame("train")
     val_frame = datamodule.frame("val")
@@ -179,9 +203,11 @@ def train_task(
 
 
 # Seeds after the first log in <task's dvclive folder>/seeds/seed<k>/, ensemble members m > 0
-# of a seed in <that seed's folder>/members/<m>/.
+# of a seed in <that seed's folder>/members/<m>/, cross-validation folds f > 0 in
+# folds/fold<f>/ (each laid out like the task's folder).
 SEED_LOGS = "seeds"
 MEMBER_LOGS = "members"
+FOLD_LOGS = "folds"
 
 
 def task_log_dir(root: Path, task_name: str) -> Path:
@@ -190,12 +216,20 @@ def task_log_dir(root: Path, task_name: str) -> Path:
 
 
 def model_log_dir(
-    root: Path, task_name: str, seed_index: int, seed_value: int, member: int = 0
+    root: Path,
+    task_name: str,
+    seed_index: int,
+    seed_value: int,
+    member: int = 0,
+    fold: int | None = None,
 ) -> Path:
     """dvclive folder of one trained network: the first seed (index 0) logs where ``dvc.yaml``
     declares, seed index i > 0 in ``seeds/seed<value>/`` beneath it; within a seed, ensemble
-    member 0 logs in the seed's folder and member m > 0 in ``members/<m>/`` beneath that."""
+    member 0 logs in the seed's folder and member m > 0 in ``members/<m>/`` beneath that.
+    Cross-validation folds f > 0 have the same layout under ``folds/fold<f>/``."""
     folder = task_log_dir(root, task_name)
+    if fold:
+        folder = folder / FOLD_LOGS / fold_dir(fold)
     if seed_index > 0:
         folder = folder / SEED_LOGS / seed_dir(seed_value)
     return folder if member == 0 else folder / MEMBER_LOGS / str(member)
@@ -230,15 +264,19 @@ class SeedRun:
         ]
 
 
-def train_seed(settings: Settings, task_name: str, root: Path, seed_index: int) -> SeedRun:
-    """Train the model (or the ensemble) of seed index `seed_index` of `finetune.seed_values()`."""
+def train_seed(
+    settings: Settings, task_name: str, root: Path, seed_index: int, fold: int | None = None
+) -> SeedRun:
+    """Train the model (or the ensemble) of seed index `seed_index` of `finetune.seed_values()`
+    (on cross-validation fold `fold`'s splits)."""
     ft = settings.finetune
     seed_value = ft.seed_values()[seed_index]
     member_seeds = ft.member_seeds(seed_value)
     members: list[TrainedTask] = []
     for member, member_seed in enumerate(member_seeds):
         log.info(
-            "seed %d (%d of %d)%s: training seed %d",
+            "%sseed %d (%d of %d)%s: training seed %d",
+            "" if fold is None else f"fold {fold} of {settings.data.splits.k}, ",
             seed_value,
             seed_index + 1,
             ft.seeds,
@@ -252,7 +290,8 @@ def train_seed(settings: Settings, task_name: str, root: Path, seed_index: int) 
             task_name,
             root,
             finetune=ft.model_copy(update={"seed": member_seed}),
-            log_dir=model_log_dir(root, task_name, seed_index, seed_value, member),
+            log_dir=model_log_dir(root, task_name, seed_index, seed_value, member, fold),
+            fold=fold,
         )
         # The weights are saved once every seed has trained: keep them off the accelerator.
         trained.module.cpu()
@@ -304,29 +343,43 @@ def _seed_metrics(run: SeedRun) -> dict[str, Any]:
     return entry
 
 
+def check_folds(settings: Settings, task_name: str, root: Path) -> None:
+    """Read every fold's splits before any training: a fold that cannot train or score the
+    task (too few subjects, a class missing) stops the stage at start, naming the fold and
+    ``data.splits.k``, not after the earlier folds have trained."""
+    for fold in settings.data.splits.folds():
+        task_datamodule(settings, task_name, root, fold=fold).setup("fit")
+
+
 def run_finetune(
     settings: Settings, task_name: str, root: Path = Path(".")
 ) -> dict[str, Any] | None:
-    """Fine-tune `task_name` once per seed value; write the models and return the metrics.
+    """Fine-tune `task_name` once per seed value (in every cross-validation fold); write the
+    models and return the metrics.
 
     Seed values are ``finetune.seed_values()`` (``seed * seeds + k``); with
     ``finetune.ensemble_size`` > 1 each seed value trains an ensemble whose member seeds derive
-    from it (`FinetuneSettings.member_seeds`), so no two networks share a seed. All seeds are
-    saved together, once the last has trained: a run killed or failing part-way leaves the
-    previous models in place and restarts from the first seed.
+    from it (`FinetuneSettings.member_seeds`), so no two networks share a seed. Every fold uses
+    the same seed values. All models are saved together, once the last has trained: a run killed
+    or failing part-way leaves the previous models in place and restarts from the beginning.
 
     Under DDP every process trains, but only the global-zero process writes the models and gets
     the metrics back (the others return None), so no two processes write the same file.
     """
     task = task_settings(settings, task_name)
     ft = settings.finetune
-    # Logs of an earlier run with more seeds or members. ignore_errors: under DDP every process
-    # gets here.
-    for stale in (SEED_LOGS, MEMBER_LOGS):
+    folds = settings.data.splits.folds()
+    check_folds(settings, task_name, root)
+    # Logs of an earlier run with more seeds, members or folds. ignore_errors: under DDP every
+    # process gets here.
+    for stale in (SEED_LOGS, MEMBER_LOGS, FOLD_LOGS):
         shutil.rmtree(task_log_dir(root, task_name) / stale, ignore_errors=True)
-    runs = [train_seed(settings, task_name, root, index) for index in range(ft.seeds)]
+    fold_runs = [
+        [train_seed(settings, task_name, root, index, fold) for index in range(ft.seeds)]
+        for fold in folds
+    ]
 
-    first = runs[0].members[0]
+    first = fold_runs[0][0].members[0]
     result, init_record = first.result, first.init_record
     if not result.is_global_zero:
         return None
@@ -339,51 +392,78 @@ def run_finetune(
         "init": init_record,
         "mode": ft.mode,
         "seed": ft.seed,
-        "n_seeds": len(runs),
+        "n_seeds": ft.seeds,
         "ensemble_size": ft.ensemble_size,
         "select_epoch": ft.select_epoch,
         "monitor": result.monitor,
     }
-    save_seed_models(
+    fold_models = [
         [
             SeedModel(
                 run.seed, [m.module for m in run.members], _seed_meta(settings, task_name, run)
             )
             for run in runs
-        ],
-        root / FINETUNED_DIR / task_name,
-        run_meta,
-    )
-    trained = [m for run in runs for m in run.members]
-    seconds = sum(m.result.seconds for m in trained)
-    epochs = sum(m.result.epochs_run for m in trained)
-    scores = [run.best_score for run in runs]
+        ]
+        for runs in fold_runs
+    ]
+    directory = root / FINETUNED_DIR / task_name
+    if folds == [None]:
+        save_seed_models(fold_models[0], directory, run_meta)
+    else:
+        save_fold_models(fold_models, directory, run_meta)
     metrics: dict[str, Any] = {
         "task": task_name,
         "kind": task.kind,
         "model": settings.model.name,
         "init": init_record["source"],
-        "n_train": len(first.train_frame),
-        "n_val": len(first.val_frame),
         "select_epoch": ft.select_epoch,
         "monitor": result.monitor,
-        "n_seeds": len(runs),
-        # Means over the seeds; `seeds` has each seed's. With select_epoch "last" the "best"
-        # entries describe the last epoch, the one kept.
-        f"best_{result.monitor}": float(np.mean(scores)),
-        f"best_{result.monitor}_seed_sd": float(np.std(scores, ddof=1)) if len(runs) > 1 else 0.0,
-        "best_epoch": float(np.mean([run.members[0].result.best_epoch for run in runs])),
-        "epochs_run": float(np.mean([run.members[0].result.epochs_run for run in runs])),
-        "train_seconds": round(seconds, 2),
-        "seconds_per_epoch": round(seconds / max(1, epochs), 3),
+        "n_seeds": ft.seeds,
+        **_run_summary([run for runs in fold_runs for run in runs], result.monitor),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "host": platform.node() or "unknown",
         "trainable_parameters": int(
             np.sum([p.numel() for p in first.module.parameters() if p.requires_grad])
         ),
-        # Keyed by seed value, not a list: `dvc metrics show/diff` flatten dicts.
-        "seeds": {seed_dir(run.seed): _seed_metrics(run) for run in runs},
     }
+    if folds == [None]:
+        metrics.update(_split_summary(fold_runs[0]))
+    else:
+        metrics["n_folds"] = len(folds)
+        # Keyed by fold, not a list: `dvc metrics show/diff` flatten dicts.
+        metrics["folds"] = {
+            fold_dir(fold): _split_summary(runs)
+            for fold, runs in zip(folds, fold_runs, strict=True)
+            if fold is not None
+        }
     if ft.ensemble_size > 1:
         metrics["ensemble_size"] = ft.ensemble_size
     return metrics
+
+
+def _run_summary(runs: list[SeedRun], monitor: str) -> dict[str, Any]:
+    """Means over every trained seed (of every fold), and the training cost. With select_epoch
+    "last" the "best" entries describe the last epoch, the one kept."""
+    trained = [m for run in runs for m in run.members]
+    seconds = sum(m.result.seconds for m in trained)
+    epochs = sum(m.result.epochs_run for m in trained)
+    scores = [run.best_score for run in runs]
+    return {
+        f"best_{monitor}": float(np.mean(scores)),
+        f"best_{monitor}_seed_sd": float(np.std(scores, ddof=1)) if len(runs) > 1 else 0.0,
+        "best_epoch": float(np.mean([run.members[0].result.best_epoch for run in runs])),
+        "epochs_run": float(np.mean([run.members[0].result.epochs_run for run in runs])),
+        "train_seconds": round(seconds, 2),
+        "seconds_per_epoch": round(seconds / max(1, epochs), 3),
+    }
+
+
+def _split_summary(runs: list[SeedRun]) -> dict[str, Any]:
+    """The subjects one split (or fold) trained on, and each seed's record."""
+    first = runs[0].members[0]
+    return {
+        "n_train": len(first.train_frame),
+        "n_val": len(first.val_frame),
+        # Keyed by seed value, not a list: `dvc metrics show/diff` flatten dicts.
+        "seeds": {seed_dir(run.seed): _seed_metrics(run) for run in runs},
+    }

@@ -13,6 +13,9 @@ initial backbone of ``initial_backbone``, the recipe of ``finetune`` with ``scal
 and the seed replaced) and scored on ``test`` and ``ood_test`` with the evaluate stage's
 subject-level bootstrap intervals; regression predictions are bias-corrected with a fit on
 the validation split, as in ``evaluate``.
+
+With cross-validation (``data.splits.mode: kfold``) the curve is measured on the first fold's
+splits (``SCALING_FOLD``): a curve per fold would multiply the stage's cost by k.
 """
 
 from __future__ import annotations
@@ -142,6 +145,9 @@ def score_splits(
     return rows
 
 
+SCALING_FOLD = 0
+
+
 def run_scaling_task(
     settings: Settings, task_name: str, root: Path = Path("."), trainer_overrides: Any = None
 ) -> pd.DataFrame:
@@ -160,7 +166,8 @@ def run_scaling_task(
         finetune = settings.finetune.model_copy(
             update={"seed": seed, "max_epochs": sc.max_epochs or settings.finetune.max_epochs}
         )
-        base = task_datamodule(settings, task_name, root, finetune)
+        fold = SCALING_FOLD if settings.data.splits.mode == "kfold" else None
+        base = task_datamodule(settings, task_name, root, finetune, fold)
         train_frame = base.frame("train")
         subsets = nested_subsets(train_frame, task.kind, sc.fractions, seed)
         n_subjects = train_frame["subject_id"].nunique()
