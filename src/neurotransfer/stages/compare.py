@@ -25,8 +25,14 @@ The rule (one for every task and split; see README, "Comparing experiments"):
     excludes 0 exactly when p < 1 - level;
   * one primary metric per task (AUC for binary, raw MAE for regression) decides; the
     primaries over tasks x splits are adjusted together (--adjust holm|bh); other metrics are
-    exploratory, unadjusted;
-  * an arm with a single seed is refused (train several: finetune.seeds)."""
+    exploratory, unadjusted; thresholded ones (balanced accuracy, ...) call each seed's
+    predictions at that seed's validation-chosen threshold (0.5, with a note, when the run
+    recorded none);
+  * no variation at all (e.g. both arms perfect on every subject) gives no interval and a
+    note: p = 1 when the difference is 0, no p-value (left out of the adjustment) otherwise;
+  * an arm with a single seed is refused (train several: finetune.seeds);
+  * with cross-validation (data.splits.mode kfold) every subject is in the test split once,
+    so the pairing covers all of them."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
