@@ -77,7 +77,7 @@ TINY_STUDY = {
     "profile/cpu.yaml": {
         # Two fine-tuning seeds: the seed axis end to end, at two thirds of the default's cost.
         "finetune": {
-            "max_epochs": 4,
+            "max_epochs": 3,
             "early_stopping_patience": 0,
             "batch_size": 8,
             "seeds": 2,
@@ -216,3 +216,36 @@ def test_kill_during_finetune_leaves_no_partial_outputs_and_repro_recovers(
         assert (
             after["seeds"][seed][f"best_{before['monitor']}"] == entry[f"best_{before['monitor']}"]
         )
+
+
+@pytest.mark.slow
+def test_cross_validation_runs_end_to_end_through_dvc(
+    tiny_study: tuple[Path, dict[str, str]],
+) -> None:
+    """`dvc exp run -S data.splits.mode=kfold`: preprocess deals folds, finetune trains every
+    fold, evaluate scores every cross-validated subject once. Runs last: it leaves the
+    workspace on the experiment's params."""
+    import json
+
+    import pandas as pd
+
+    repo, env = tiny_study
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-q", "-m", "tiny study outputs"], repo, env)
+    overrides = ["-S", "data.splits.mode=kfold", "-S", "data.splits.k=3"]
+    run(["dvc", "exp", "run", "evaluate@brain_age", *overrides], repo, env, timeout=1800)
+
+    manifest = pd.read_csv(repo / "data/processed/manifest.csv", keep_default_na=False)
+    cv = manifest[manifest["split"] == "cv"]
+    assert not cv.empty and set(cv["fold"].astype(float)) == {0.0, 1.0, 2.0}
+    assert not set(manifest["split"]) & {"val", "test"}
+    model_dir = repo / "models/finetuned/brain_age"
+    assert json.loads((model_dir / "meta.json").read_text())["folds"] == 3
+    scores = json.loads((repo / "metrics/eval/brain_age.json").read_text())
+    assert scores["n_folds"] == 3
+    predictions = pd.read_csv(repo / "reports/eval/brain_age/predictions.csv")
+    tested = predictions.loc[predictions["split"] == "test", "subject_id"]
+    eligible = set(cv["subject_id"]) & set(predictions["subject_id"])
+    assert tested.is_unique and set(tested) == eligible
+    mae = scores["model_metrics"]["test"]["metrics"]["mae"]
+    assert mae["ci_low"] <= mae["value"] <= mae["ci_high"]

@@ -193,12 +193,14 @@ def test_sweep_runs_dvc_once_per_point(
 # done-when: two queued experiments run through `dvc queue` and compare with CIs
 # ---------------------------------------------------------------------------------------------
 # TINY_STUDY (tests/test_pipeline_dvc.py) shrunk further: two tasks, two epochs, short scaling,
-# minimal synthesize and pretrain. Measured on 2 shared cores: 3.1 min (1.5 of them the baseline
-# repro) with the machine otherwise near idle, 5.0 min under load.
+# minimal synthesize and pretrain, two seeds. It used to run a baseline `dvc repro` before
+# queueing (3.1 min near idle, 1.5 of them the baseline; 11 min in a suite under heavy load);
+# the first queued run now computes every stage instead.
 SWEEP_STUDY = {
     "cohort/phantom.yaml": TINY_STUDY["cohort/phantom.yaml"],
     "profile/cpu.yaml": {
-        "finetune": {"max_epochs": 2, "early_stopping_patience": 0, "batch_size": 8},
+        # Two seeds: the least `compare` accepts per arm.
+        "finetune": {"max_epochs": 2, "early_stopping_patience": 0, "batch_size": 8, "seeds": 2},
         "evaluate": {"bootstrap_samples": 50},
         # synthesize is upstream of pretrain and report but not compared here: keep it minimal.
         "synthesize": {
@@ -244,12 +246,9 @@ def test_two_queued_experiments_run_and_compare(tmp_path: Path, git_env: dict[st
     env = {**git_env, "PATH": f"{BIN}:{git_env.get('PATH', '')}"}
     repo = make_project_copy(tmp_path / "project", git_env, SWEEP_STUDY)
     _keep_tasks(repo, git_env, KEEP_TASKS)
-    # The baseline: every stage once, committed, so the queued runs reuse cohort, preprocess and
-    # synthesize from the cache and re-run only what their parameters change.
-    run(["dvc", "repro"], repo, git_env, timeout=1800)
-    run(["git", "add", "-A"], repo, git_env)
-    run(["git", "commit", "-qm", "baseline"], repo, git_env)
-    baseline_s = time.monotonic() - started
+    # No baseline `dvc repro` first: the first queued run computes every stage, and the second
+    # (run one at a time) restores cohort, preprocess and synthesize from DVC's run cache and
+    # re-runs only what its parameters change.
 
     # The study's question in miniature: the same recipe from two initialisations.
     names = {"scratch": "pretrain=scratch", "ssl": "pretrain=ssl"}
@@ -294,7 +293,7 @@ def test_two_queued_experiments_run_and_compare(tmp_path: Path, git_env: dict[st
     out = os.environ.get("NEUROTRANSFER_SWEEP_OUTPUT")
     if out:
         Path(out).write_text(
-            f"# baseline dvc repro {baseline_s:.0f} s; whole test {total_s:.0f} s\n"
+            f"# two queued runs from a fresh copy; whole test {total_s:.0f} s\n"
             f"$ dvc exp show --only-changed {shlex.join(headline)}\n{narrow}\n"
             f"$ neurotransfer compare scratch ssl\n{compared}\n"
             f"$ dvc exp show --only-changed   # all columns\n{only_changed}\n",

@@ -28,7 +28,8 @@ EXTERNAL_STUDY = {
     "cohort/phantom.yaml": TINY_STUDY["cohort/phantom.yaml"],
     "profile/cpu.yaml": {
         "data": {"preprocess": {"spacing": [6.5, 6.5, 6.5], "shape": [24, 32, 24]}},
-        "finetune": {"max_epochs": 1, "early_stopping_patience": 0, "batch_size": 8},
+        # One seed: the test is about the weights each source reads, not training noise.
+        "finetune": {"max_epochs": 1, "early_stopping_patience": 0, "batch_size": 8, "seeds": 1},
         "evaluate": {"bootstrap_samples": 20},
         "synthesize": {
             "autoencoder": {"epochs": 1},
