@@ -192,7 +192,7 @@ def test_sweep_runs_dvc_once_per_point(
 # ---------------------------------------------------------------------------------------------
 # done-when: two queued experiments run through `dvc queue` and compare with CIs
 # ---------------------------------------------------------------------------------------------
-# TINY_STUDY (tests/test_pipeline_dvc.py) shrunk further: two tasks, two epochs, short scaling,
+# TINY_STUDY (tests/test_pipeline_dvc.py) shrunk further: two tasks, one epoch, short scaling,
 # minimal synthesize and pretrain, two seeds. It used to run a baseline `dvc repro` before
 # queueing (3.1 min near idle, 1.5 of them the baseline; 11 min in a suite under heavy load);
 # the first queued run now computes every stage instead.
@@ -200,7 +200,7 @@ SWEEP_STUDY = {
     "cohort/phantom.yaml": TINY_STUDY["cohort/phantom.yaml"],
     "profile/cpu.yaml": {
         # Two seeds: the least `compare` accepts per arm.
-        "finetune": {"max_epochs": 2, "early_stopping_patience": 0, "batch_size": 8, "seeds": 2},
+        "finetune": {"max_epochs": 1, "early_stopping_patience": 0, "batch_size": 8, "seeds": 2},
         "evaluate": {"bootstrap_samples": 50},
         # synthesize is upstream of pretrain and report but not compared here: keep it minimal.
         "synthesize": {
@@ -209,7 +209,7 @@ SWEEP_STUDY = {
             "sampling": {"n_samples": 4, "ddim_steps": 2, "batch_size": 4},
             "quality": {"ms_ssim_pairs": 4},
         },
-        "scaling": {"tasks": ["brain_age"], "fractions": [0.5, 1.0], "max_epochs": 2},
+        "scaling": {"tasks": ["brain_age"], "fractions": [0.5, 1.0], "max_epochs": 1},
         "pretrain": {"epochs": 1, "max_volumes": 8},
     },
 }
