@@ -64,3 +64,22 @@ def cohort_settings(
     raw["evaluate"].update(evaluate)
     raw["scaling"].update(scaling or {})
     return settings_from_dict(raw)
+
+
+def finetune_and_evaluate(root: Path, settings: Settings, task: str = "ad") -> None:
+    """Save a scratch backbone for `settings` under `root`, then run the real finetune and
+    evaluate stages of `task` there (the cohort must already be written)."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from neurotransfer.models import build_backbone, save_backbone
+    from neurotransfer.stages import evaluate, finetune
+
+    backbone = build_backbone(settings.model.name, SHAPE, **settings.model.options)
+    save_backbone(backbone, root / settings.pretrain.out_dir, {"source": "scratch"})
+    args = SimpleNamespace(task=task)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        finetune.run(settings, args)
+        evaluate.run(settings, args)

@@ -23,7 +23,11 @@ from neurotransfer.data.splits import (
 )
 from neurotransfer.data.tasks import TaskDataError
 from neurotransfer.evaluation.run import FoldPredictions, combine_folds
-from tests.train.cached_cohort import SHAPE, cohort_settings, write_cohort
+from tests.train.cached_cohort import (
+    cohort_settings,
+    finetune_and_evaluate,
+    write_cohort,
+)
 
 TASK = SimpleNamespace(task="ad")
 K = 3
@@ -161,18 +165,10 @@ def write_kfold_cohort(root: Path, settings: Settings, n_train: int = 36) -> pd.
 
 @pytest.fixture(scope="module")
 def cross_validated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    from neurotransfer.models import build_backbone, save_backbone
-    from neurotransfer.stages import evaluate, finetune
-
     root = tmp_path_factory.mktemp("kfold")
     settings = kfold_settings()
     write_kfold_cohort(root, settings)
-    backbone = build_backbone(settings.model.name, SHAPE, **settings.model.options)
-    save_backbone(backbone, root / settings.pretrain.out_dir, {"source": "scratch"})
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        finetune.run(settings, TASK)
-        evaluate.run(settings, TASK)
+    finetune_and_evaluate(root, settings)
     yield root
 
 

@@ -17,7 +17,11 @@ from safetensors.torch import load_file
 from neurotransfer.config import FinetuneSettings, Settings
 from neurotransfer.evaluation.metrics import binary_metrics, choose_threshold
 from neurotransfer.train.checkpoint import MODEL_FILE, load_seed_models
-from tests.train.cached_cohort import SHAPE, cohort_settings, write_cohort
+from tests.train.cached_cohort import (
+    cohort_settings,
+    finetune_and_evaluate,
+    write_cohort,
+)
 
 TASK = SimpleNamespace(task="ad")
 SEED_VALUES = [3, 4, 5]  # finetune.seed 1 x seeds 3: 1 * 3 + k
@@ -41,18 +45,9 @@ def seed_settings(max_epochs: int = 3) -> Settings:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A cohort with the three seeds of `seed_settings` fine-tuned and evaluated once."""
-    from neurotransfer.models import build_backbone, save_backbone
-    from neurotransfer.stages import evaluate, finetune
-
     root = tmp_path_factory.mktemp("seeds")
     write_cohort(root, n_train=48, signal=0.6)
-    settings = seed_settings()
-    backbone = build_backbone(settings.model.name, SHAPE, **settings.model.options)
-    save_backbone(backbone, root / settings.pretrain.out_dir, {"source": "scratch"})
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        finetune.run(settings, TASK)
-        evaluate.run(settings, TASK)
+    finetune_and_evaluate(root, seed_settings())
     yield root
 
 
