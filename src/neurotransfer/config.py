@@ -552,6 +552,9 @@ class PretrainedLDMSettings(Strict):
 
 class SynthesizeSettings(Strict):
     source: Literal["train", "pretrained"] = "train"
+    # needed: train and sample only when pretrain.source is synthetic (the only reader of the
+    # synthetic pool); other sources get a note in each output. always: every run.
+    when: Literal["needed", "always"] = "needed"
     seed: NonNegativeInt = 0
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"

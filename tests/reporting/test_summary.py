@@ -39,6 +39,18 @@ def test_summary_has_study_table_and_montages(tmp_path: Path) -> None:
     assert "No figures in `reports/synthetic/`" in text
 
 
+def test_a_skipped_stage_says_why_instead_of_showing_figures(tmp_path: Path) -> None:
+    fake_workspace(tmp_path)
+    (tmp_path / "reports/synthetic").mkdir(parents=True)
+    (tmp_path / "reports/synthetic/SKIPPED.md").write_text(
+        "synthesize skipped: pretrain.source is 'scratch'\n"
+    )
+    experiments = [read_results(WorkspaceReader(tmp_path), "workspace", with_predictions=False)]
+    text = summary_markdown(experiments, tmp_path, {"Synthetic data": "reports/synthetic"}, 0.95)
+    assert "synthesize skipped: pretrain.source is 'scratch'" in text
+    assert "No figures in `reports/synthetic/`" not in text
+
+
 def test_report_stage_writes_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from neurotransfer.stages import report
 

@@ -178,6 +178,29 @@ def test_without_a_pool_the_stage_writes_notes_and_records_the_skip(tmp_path: Pa
     assert hidden_leftovers(tmp_path) == []
 
 
+def test_when_needed_the_stage_skips_unless_pretraining_reads_synthetic_volumes(
+    tmp_path: Path,
+) -> None:
+    """synthesize.when=needed (the default): pretrain.source scratch skips the diffusion model,
+    with the reason in every output; synthetic would train it."""
+    write_phantom_pool(tmp_path, n_pool=8, shape=SHAPE)
+    settings = tiny_settings(when="needed")
+    assert settings.pretrain.source == "scratch"
+
+    metrics = pipeline.run_synthesize(settings, tmp_path)
+
+    assert "pretrain.source is 'scratch'" in metrics["skipped"]
+    assert "synthesize.when=always" in metrics["skipped"]
+    for output in OUTPUTS:
+        assert [p.name for p in (tmp_path / output).iterdir()] == ["SKIPPED.md"]
+    assert not (tmp_path / "models" / "ldm" / "autoencoder.safetensors").exists()
+    synthetic = settings.model_copy(
+        update={"pretrain": settings.pretrain.model_copy(update={"source": "synthetic"})}
+    )
+    assert pipeline.not_needed_reason(synthetic) is None
+    assert pipeline.not_needed_reason(tiny_settings(when="always")) is None
+
+
 def test_a_manifest_without_roles_is_an_error_naming_it(tmp_path: Path) -> None:
     manifest = tmp_path / "manifest.csv"
     pd.DataFrame({"subject_id": ["s1"], "path": ["s1.npy"]}).to_csv(manifest, index=False)

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from neurotransfer.reporting.revisions import ExperimentResults
+from neurotransfer.synth.pool import SKIPPED_NOTE
 
 # The metric the study ranks variants by, per task kind, and which direction is better.
 HEADLINE = {"binary": ("auc", "higher"), "regression": ("mae_corrected", "lower")}
@@ -159,6 +160,11 @@ def summary_markdown(
     for title, folder in image_dirs.items():
         lines += ["", f"## {title}", ""]
         images = _images(root, folder)
+        skipped = root / folder / SKIPPED_NOTE
+        if not images and skipped.is_file():
+            # the stage ran and chose not to make figures (synthesize.when=needed): say why
+            lines.append(skipped.read_text(encoding="utf-8").strip())
+            continue
         if not images:
             lines.append(f"No figures in `{folder}/` (the stage that writes them has not run).")
             continue

@@ -413,16 +413,24 @@ def write_outputs(
         ).to_csv(figures / "memorisation.csv", index=False, float_format="%.6g")
 
 
-def skip_without_pool(
-    config: SynthesizeSettings, root: Path, manifest_path: Path
-) -> dict[str, Any]:
-    """Data without an upstream pool (downstream datasets only) has nothing to train the LDM
-    on: each output folder gets a note saying so, and the metrics record the skip. Every
-    pre-training source but ``synthetic`` (which then stops, quoting the note) still runs."""
-    reason = (
-        f"{manifest_path}: no upstream pool scans (role == pool), so no diffusion model was "
-        "trained and no synthetic volumes were sampled"
+def not_needed_reason(settings: Settings) -> str | None:
+    """Why the diffusion model is not trained this run (``synthesize.when: needed`` and a
+    pre-training source that does not read the synthetic pool), or None when it is."""
+    config = synthesize_settings(settings)
+    source = settings.pretrain.source
+    if config.when == "always" or source == "synthetic":
+        return None
+    return (
+        f"pretrain.source is {source!r} and synthesize.when is 'needed': only "
+        "pretrain.source=synthetic reads the synthetic pool, so no diffusion model was trained "
+        "and no volumes were sampled (set synthesize.when=always to run it anyway)"
     )
+
+
+def skip_stage(config: SynthesizeSettings, root: Path, reason: str) -> dict[str, Any]:
+    """Write the stage's outputs as a note saying why nothing was trained, and return the
+    metrics recording the skip. A ``synthetic`` pre-training that reads the outputs stops,
+    quoting the note."""
     for folder in (config.model_dir, config.out_dir, config.report_dir):
         with atomic_directory(root / folder) as tmp:
             (tmp / SKIPPED_NOTE).write_text(f"synthesize skipped: {reason}\n", encoding="utf-8")
@@ -438,9 +446,18 @@ def skip_without_pool(
 def run_synthesize(settings: Settings, root: Path) -> dict[str, Any]:
     """Run the whole stage under ``root``; return the metrics (the caller writes them)."""
     config = synthesize_settings(settings)
+    not_needed = not_needed_reason(settings)
+    if not_needed is not None:
+        return skip_stage(config, root, not_needed)
     manifest_path = root / settings.data.processed_dir / "manifest.csv"
     if not has_pool(manifest_path):
-        return skip_without_pool(config, root, manifest_path)
+        # Data without an upstream pool (downstream datasets only): nothing to train on.
+        return skip_stage(
+            config,
+            root,
+            f"{manifest_path}: no upstream pool scans (role == pool), so no diffusion model "
+            "was trained and no synthetic volumes were sampled",
+        )
     require_einops()
     sampling_grid, latent = model_grid(settings)
     output_grid: Grid = (
