@@ -35,9 +35,14 @@ def test_seed_values_are_disjoint_across_runs_and_at_least_one() -> None:
         FinetuneSettings(seeds=0)
 
 
-def seed_settings(max_epochs: int = 3) -> Settings:
+def seed_settings(max_epochs: int = 3, seed_processes: int = 1) -> Settings:
     return cohort_settings(
-        finetune={"max_epochs": max_epochs, "seed": 1, "seeds": 3},
+        finetune={
+            "max_epochs": max_epochs,
+            "seed": 1,
+            "seeds": 3,
+            "seed_processes": seed_processes,
+        },
         evaluate={"bootstrap_samples": 50},
     )
 
@@ -129,8 +134,73 @@ def test_evaluate_scores_every_seed_and_reports_their_mean_with_an_interval(
 
 
 @pytest.mark.slow
-def test_a_later_seed_that_fails_leaves_the_previous_models_whole(
+def test_seeds_trained_side_by_side_in_processes_match_the_in_process_run(
+    trained: Path, tmp_path: Path
+) -> None:
+    """finetune.seed_processes=3: the three seeds train in forked one-thread processes, every
+    seed keeps its model, log and record, and each seed's run is the in-process one up to the
+    last bits that a different thread count changes."""
+    import shutil
+
+    from neurotransfer.stages import finetune
+
+    for folder in ("data", "models/pretrained"):
+        shutil.copytree(trained / folder, tmp_path / folder)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        finetune.run(seed_settings(seed_processes=3), TASK)
+    in_process = json.loads((trained / "metrics/finetune/ad.json").read_text())
+    side_by_side = json.loads((tmp_path / "metrics/finetune/ad.json").read_text())
+    assert side_by_side["seed_processes"] == 3 and in_process["seed_processes"] == 1
+    assert side_by_side["train_wall_seconds"] > 0
+    for key, entry in in_process["seeds"].items():
+        other = side_by_side["seeds"][key]
+        assert other["seed"] == entry["seed"] and other["epochs_run"] == entry["epochs_run"]
+        assert other["best_val_loss"] == pytest.approx(entry["best_val_loss"], rel=1e-3)
+    assert load_seed_models(tmp_path / "models/finetuned/ad")[0] is not None
+    logs = tmp_path / "dvclive/finetune/ad"
+    assert sorted(p.name for p in (logs / "seeds").iterdir()) == ["seed4", "seed5"]
+
+
+def test_seed_processes_need_a_single_cpu_device() -> None:
+    with pytest.raises(ValueError, match=r"seed_processes 2 .*accelerator 'cpu'"):
+        FinetuneSettings(seed_processes=2, accelerator="gpu")
+    with pytest.raises(ValueError, match="seed_processes"):
+        FinetuneSettings(seed_processes=2, accelerator="cpu", strategy="ddp")
+    assert FinetuneSettings(seed_processes=2, accelerator="cpu").seed_processes == 2
+
+
+@pytest.mark.slow
+def test_a_seed_process_that_dies_stops_the_stage_naming_the_setting(
     trained: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from neurotransfer.stages import finetune
+    from neurotransfer.train import finetune as finetune_module
+
+    run_dir = trained / "models/finetuned/ad"
+    before = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+
+    def killed(*args: object, **kwargs: object) -> None:
+        os._exit(137)  # what the kernel's OOM killer leaves: no exception, no result
+
+    monkeypatch.setattr(finetune_module, "train_task", killed)
+    monkeypatch.chdir(trained)
+    with pytest.raises(
+        RuntimeError,
+        match=r"finetune ad: a seed-training process died.*"
+        r"finetune\.seed_processes=1",
+    ):
+        finetune.run(seed_settings(max_epochs=1, seed_processes=2), TASK)
+    after = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    assert after == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed_processes", [1, 3])
+def test_a_later_seed_that_fails_leaves_the_previous_models_whole(
+    trained: Path, monkeypatch: pytest.MonkeyPatch, seed_processes: int
 ) -> None:
     from neurotransfer.stages import finetune
     from neurotransfer.train import finetune as finetune_module
@@ -148,7 +218,7 @@ def test_a_later_seed_that_fails_leaves_the_previous_models_whole(
     monkeypatch.setattr(finetune_module, "train_task", third_seed_fails)
     monkeypatch.chdir(trained)
     with pytest.raises(RuntimeError, match="third seed"):
-        finetune.run(seed_settings(max_epochs=1), TASK)
+        finetune.run(seed_settings(max_epochs=1, seed_processes=seed_processes), TASK)
     after = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     assert after == before  # every seed's model of the previous run, byte for byte
     assert (trained / "metrics/finetune/ad.json").read_bytes() == metrics_before

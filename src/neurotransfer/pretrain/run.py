@@ -67,8 +67,9 @@ def train_backbone(
     log_dir: Path,
 ) -> dict[str, Any]:
     """Pre-train ``backbone`` in place on ``dataset``; return the training record."""
-    from dvclive.lightning import DVCLiveLogger
     from torch.utils.data import DataLoader
+
+    from neurotransfer.live_logger import dvclive_logger
 
     cfg = settings.pretrain
     shape = tuple(settings.data.preprocess.shape)
@@ -113,7 +114,7 @@ def train_backbone(
         precision=resolve_precision(cfg.precision),
         # CUDA has no deterministic backward for some 3D pooling layers.
         deterministic=not on_gpu,
-        logger=DVCLiveLogger(dir=str(log_dir), dvcyaml=None, save_dvc_exp=False, report=None),
+        logger=dvclive_logger(log_dir),
         enable_checkpointing=False,
         enable_model_summary=False,
         enable_progress_bar=False,

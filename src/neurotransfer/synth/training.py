@@ -215,10 +215,9 @@ class TrainingSummary:
 def _trainer(settings: SynthesizeSettings, epochs: int, log_dir: Path | None) -> L.Trainer:
     logger: Any = False
     if log_dir is not None:
-        from dvclive.lightning import DVCLiveLogger
+        from neurotransfer.live_logger import dvclive_logger
 
-        # dvcyaml=None: dvc.yaml declares the plots; dvclive must not rewrite it mid-stage.
-        logger = DVCLiveLogger(dir=str(log_dir), dvcyaml=None, save_dvc_exp=False, report=None)
+        logger = dvclive_logger(log_dir)
     return L.Trainer(
         max_epochs=epochs,
         accelerator=settings.accelerator,

@@ -12,8 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import os
 import platform
 import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +28,7 @@ import numpy as np
 import torch
 
 from neurotransfer.config import FinetuneSettings, Settings, SettingsError, TaskSettings
+from neurotransfer.process_guard import die_with_parent
 from neurotransfer.train.checkpoint import (
     SeedModel,
     fold_dir,
@@ -343,6 +349,54 @@ def _seed_metrics(run: SeedRun) -> dict[str, Any]:
     return entry
 
 
+def _init_seed_process(parent_pid: int) -> None:
+    die_with_parent(parent_pid)
+    # One thread: GNU OpenMP hangs in a forked child that asks for a thread team when the
+    # parent had one (the parent may have run torch ops); DataLoader workers do the same.
+    torch.set_num_threads(1)
+
+
+def train_all_seeds(
+    settings: Settings, task_name: str, root: Path, folds: list[int | None]
+) -> list[list[SeedRun]]:
+    """Every seed of every fold (``[fold][seed index]``), one after another in this process, or
+    with ``finetune.seed_processes`` > 1 side by side in forked one-thread processes.
+
+    Each seed seeds its own run (`train_task`), so a seed's model does not depend on which
+    process trains it or in what order; it can differ in the last bits from the same seed
+    trained with another thread count, as it can on another machine.
+    """
+    ft = settings.finetune
+    jobs = [(fold, index) for fold in folds for index in range(ft.seeds)]
+    processes = min(ft.seed_processes, len(jobs))
+    if processes == 1:
+        runs = [train_seed(settings, task_name, root, index, fold) for fold, index in jobs]
+    else:
+        log.info("training %d seed(s) in %d one-thread processes", len(jobs), processes)
+        with ProcessPoolExecutor(
+            processes,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_init_seed_process,
+            initargs=(os.getpid(),),
+        ) as pool:
+            futures = [
+                pool.submit(train_seed, settings, task_name, root, index, fold)
+                for fold, index in jobs
+            ]
+            try:
+                runs = [future.result() for future in futures]
+            except BrokenProcessPool as error:
+                raise RuntimeError(
+                    f"finetune {task_name}: a seed-training process died ({error}), e.g. killed "
+                    "for memory; set finetune.seed_processes=1 to train the seeds one after "
+                    "another in the stage's process"
+                ) from error
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+    return [runs[i * ft.seeds : (i + 1) * ft.seeds] for i in range(len(folds))]
+
+
 def check_folds(settings: Settings, task_name: str, root: Path) -> None:
     """Read every fold's splits before any training: a fold that cannot train or score the
     task (too few subjects, a class missing) stops the stage at start, naming the fold and
@@ -374,10 +428,9 @@ def run_finetune(
     # process gets here.
     for stale in (SEED_LOGS, MEMBER_LOGS, FOLD_LOGS):
         shutil.rmtree(task_log_dir(root, task_name) / stale, ignore_errors=True)
-    fold_runs = [
-        [train_seed(settings, task_name, root, index, fold) for index in range(ft.seeds)]
-        for fold in folds
-    ]
+    clock = time.perf_counter()
+    fold_runs = train_all_seeds(settings, task_name, root, folds)
+    wall_seconds = time.perf_counter() - clock
 
     first = fold_runs[0][0].members[0]
     result, init_record = first.result, first.init_record
@@ -420,6 +473,9 @@ def run_finetune(
         "monitor": result.monitor,
         "n_seeds": ft.seeds,
         **_run_summary([run for runs in fold_runs for run in runs], result.monitor),
+        # train_seconds adds up every network's training; with seed_processes > 1 they overlap
+        "train_wall_seconds": round(wall_seconds, 2),
+        "seed_processes": min(ft.seed_processes, len(folds) * ft.seeds),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "host": platform.node() or "unknown",
         "trainable_parameters": int(

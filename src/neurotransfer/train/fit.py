@@ -133,11 +133,9 @@ def make_trainer(
 ) -> L.Trainer:
     logger: Any = False
     if log_dir is not None:
-        from dvclive.lightning import DVCLiveLogger
+        from neurotransfer.live_logger import dvclive_logger
 
-        # dvcyaml=None: dvc.yaml declares these metrics and plots itself; dvclive must not
-        # rewrite the pipeline file while a stage runs.
-        logger = DVCLiveLogger(dir=str(log_dir), dvcyaml=None, save_dvc_exp=False, report=None)
+        logger = dvclive_logger(log_dir)
     kwargs: dict[str, Any] = {
         "max_epochs": settings.max_epochs,
         "accelerator": settings.accelerator,
