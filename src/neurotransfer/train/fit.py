@@ -118,7 +118,8 @@ def apply_speedups(module: TaskModule, settings: FinetuneSettings) -> None:
     """Channels-last weights and in-place torch.compile of the backbone, when enabled.
 
     Both leave the state_dict's keys and values as they are, so best-epoch copies and the saved
-    safetensors are unchanged; the CPU profile enables neither.
+    safetensors are unchanged. The CPU profile enables channels-last (its one-thread seed
+    processes train about a quarter faster with it), the GPU profile both.
     """
     if settings.channels_last:
         # cuDNN (GPU) and oneDNN (CPU) then pick NDHWC kernels (input with one channel is
