@@ -189,3 +189,29 @@ def test_stages_run_out_of_order_say_which_stage_to_run_first(
         "error: finetune --task ad: task 'ad': split 'val' has no positive (AD) subjects"
     )
     assert not Path("models/finetuned").exists()
+
+
+def test_a_dataset_no_task_uses_is_reported_before_the_stage_runs(
+    repo_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    params = yaml.safe_load((repo_root / "params.yaml").read_text())
+    params["data"]["datasets"]["extra"] = {
+        "format": "bids",
+        "path": "data/raw/extra",
+        "role": "downstream",
+    }
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params), encoding="utf-8")
+    _failing_stage(monkeypatch, RuntimeError("stop here"))
+    with caplog.at_level("WARNING", logger="neurotransfer"):
+        assert main(["--params", str(path), "cohort"]) == 1
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("extra are in data.datasets but in no task's datasets" in m for m in warned)
+    # the committed params use every dataset: nothing to report
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="neurotransfer"):
+        main(_cohort(repo_root))
+    assert not [r for r in caplog.records if "no task's datasets" in r.getMessage()]

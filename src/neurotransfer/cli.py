@@ -122,6 +122,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = load_settings(args.params)
     except SettingsError as err:
         return _fail(f"error: {err}", EXIT_SETTINGS, debug)
+    if settings is not None and (unused := settings.unused_datasets()):
+        logging.getLogger("neurotransfer").warning(
+            "dataset(s) %s are in data.datasets but in no task's datasets (tasks.<task>."
+            "datasets): preprocessed, never trained or evaluated on",
+            ", ".join(unused),
+        )
     try:
         module.run(settings, args)
     except SettingsError as err:

@@ -1089,6 +1089,16 @@ class Settings(Strict):
     experiment: ExperimentSettings | None = None
     profile: Literal["cpu", "gpu"] = "cpu"
 
+    def unused_datasets(self) -> list[str]:
+        """Downstream datasets that no task lists in ``tasks.<task>.datasets``: preprocessed,
+        but never trained or evaluated on (a task uses only the datasets it names)."""
+        used = {name for task in self.tasks.values() for name in task.datasets}
+        return sorted(
+            name
+            for name, source in self.data.datasets.items()
+            if source.role != "pool" and name not in used
+        )
+
     @model_validator(mode="after")
     def _tasks_use_known_datasets(self) -> Settings:
         for name, task in self.tasks.items():

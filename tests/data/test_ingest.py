@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from neurotransfer.config import DataSettings, LabelBounds, PreprocessSettings, SplitSettings
 from neurotransfer.data import pipeline, read_manifest
-from neurotransfer.data.ingest import ingest
+from neurotransfer.data.ingest import DatasetError, ingest
 from neurotransfer.data.pipeline import run_preprocess
 
 from .niftis import mni_phantom
@@ -264,6 +264,33 @@ def test_repeated_csv_ids_get_scan_ids_that_never_clash(tmp_path: Path, image_fi
     assert by_scan["subject_id"].to_dict() == {"A": "A", "A_3": "A", "A_2": "A_2", "B": "B"}
     assert by_scan.loc["A_3", "exclusion_reason"] == ""
     assert by_scan.loc["B", "exclusion_reason"].endswith("no image path given (row of B)")
+
+
+def test_a_subject_id_in_two_datasets_stops_naming_both_and_the_prefix_fixes_it(
+    tmp_path: Path, image_file: Path
+) -> None:
+    for name in ("site1", "site2"):
+        _bids(
+            tmp_path / name,
+            {"sub-01": "60\tM", f"sub-{name}": "70\tF"},
+            {"sub-01": image_file, f"sub-{name}": image_file},
+        )
+    both = {
+        name: {"format": "bids", "path": name, "role": "downstream"} for name in ("site1", "site2")
+    }
+    with pytest.raises(DatasetError) as error:
+        ingest(_settings(**both), tmp_path)
+    message = str(error.value)
+    assert "datasets site1, site2: sub-01." in message
+    assert "data.datasets.site2.id_prefix" in message
+
+    both["site2"]["id_prefix"] = "site2-"
+    scans, _ = ingest(_settings(**both), tmp_path)
+    assert sorted(scans.loc[scans["dataset"] == "site2", "subject_id"]) == [
+        "site2-sub-01",
+        "site2-sub-site2",
+    ]
+    assert scans["subject_id"].is_unique
 
 
 def test_external_symlinks_followed_only_when_allowed_and_always_reported(

@@ -88,6 +88,24 @@ def test_missing_mapped_column_names_the_file_and_column(tmp_path: Path) -> None
         ingest(settings, tmp_path)
 
 
+def test_every_mapping_problem_of_every_dataset_comes_in_one_error(tmp_path: Path) -> None:
+    """One round-trip: each dataset's missing columns, and each failing dataset, in one message."""
+    first = write_bids(tmp_path / "one", "id\tyears\nsub-a\t40\n", {})
+    second = write_bids(tmp_path / "two", "participant_id\tage\nsub-a\t40\n", {})
+    settings = _settings(
+        tmp_path,
+        one={"path": str(first), "role": "downstream"},
+        two={"path": str(second), "role": "downstream"},
+    )
+    with pytest.raises(DatasetError) as error:
+        ingest(settings, tmp_path)
+    message = str(error.value)
+    for key, column in (("participant_id", "participant_id"), ("age", "age"), ("sex", "gender")):
+        assert f"no column {column!r} (data.datasets.one.columns.{key})" in message
+    assert "no column 'gender' (data.datasets.two.columns.sex)" in message
+    assert "dataset 'one'" in message and "dataset 'two'" in message
+
+
 def test_csv_manifest_input(tmp_path: Path) -> None:
     nib.save(mni_phantom(voxel_mm=(4.0, 4.0, 4.0)), tmp_path / "a.nii.gz")
     (tmp_path / "list.csv").write_text("id,img,age,sex\nA,a.nii.gz,33,M\nB,missing.nii.gz,40,F\n")

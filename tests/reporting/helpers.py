@@ -40,12 +40,12 @@ def write_eval_outputs(root: Path, task: str, kind: str, quality: float, seed: i
     out = root / "reports/eval" / task
     out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out / "predictions.csv", index=False)
-    headline = "auc" if kind == "binary" else "mae_corrected"
+    headline = "auc" if kind == "binary" else "mae"
     value = 0.5 + quality / 10 if kind == "binary" else 10 / quality
-    model_metrics = {
-        s: {"metrics": {headline: {"value": value, "ci_low": value - 0.1, "ci_high": value + 0.1}}}
-        for s in ("test", "ood_test")
-    }
+    scores = {headline: {"value": value, "ci_low": value - 0.1, "ci_high": value + 0.1}}
+    if kind == "regression":  # a different value, so a table showing it in mae's place fails
+        scores["mae_corrected"] = {"value": value + 1, "ci_low": value, "ci_high": value + 2}
+    model_metrics = {s: {"metrics": dict(scores)} for s in ("test", "ood_test")}
     metrics = {
         "task": task,
         "kind": kind,

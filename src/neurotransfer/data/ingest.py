@@ -93,14 +93,24 @@ def _require_columns(
     }
     if source.default_site is None:
         wanted["site"] = columns.site
-    for key, column in wanted.items():
-        if column is not None and column not in table.columns:
-            raise DatasetError(
-                f"dataset {dataset!r}: {table_path} has no column {column!r} (data.datasets."
-                f"{dataset}.columns.{key}); its columns are {list(table.columns)}. Map the right "
-                f"column, or set columns.{key}: null if the dataset has no {key}"
-                + (" and give default_site" if key == "site" else "")
-            )
+    missing = {
+        key: column
+        for key, column in wanted.items()
+        if column is not None and column not in table.columns
+    }
+    if missing:
+        # Every missing column at once: one round-trip to fix a dataset's mapping, not one each.
+        problems = "; ".join(
+            f"no column {column!r} (data.datasets.{dataset}.columns.{key}"
+            + (", or give default_site" if key == "site" else "")
+            + ")"
+            for key, column in missing.items()
+        )
+        raise DatasetError(
+            f"dataset {dataset!r}: {table_path} has {problems}; its columns are "
+            f"{list(table.columns)}. Map the right columns, or set a key to null when the "
+            "dataset has no such label"
+        )
 
 
 def _find_bids_images(
@@ -556,13 +566,41 @@ def _row(
 
 def ingest(settings: DataSettings, root: Path) -> tuple[pd.DataFrame, list[DatasetIssue]]:
     """Scans of every dataset named in ``settings.datasets``, with all issues found."""
-    frames, issues = [], []
+    frames, issues, errors = [], [], []
     for name, source in settings.datasets.items():
-        frame, found = ingest_dataset(name, source, settings.sex_codes, root, settings.label_bounds)
+        try:
+            frame, found = ingest_dataset(
+                name, source, settings.sex_codes, root, settings.label_bounds
+            )
+        except DatasetError as error:
+            errors.append(str(error))  # the other datasets' problems are reported with it
+            continue
         frames.append(frame)
         issues.extend(found)
+    if errors:
+        raise DatasetError(" | ".join(errors))
     scans = pd.concat(frames, ignore_index=True)
     clash = scans[scans.duplicated(["dataset", "scan_id"], keep=False)]
     if not clash.empty:
         raise DatasetError(f"scan ids repeat within a dataset: {sorted(set(clash['scan_id']))}")
+    check_ids_across_datasets(scans)
     return scans, issues
+
+
+def check_ids_across_datasets(scans: pd.DataFrame) -> None:
+    """Stop when one subject id appears in two datasets (``sub-01`` in both): splits keep a
+    subject on one side and predictions are joined on the id, so the two people would be
+    merged (or the join would fail after every training). Names the datasets and the fix."""
+    datasets_per_id = scans.groupby("subject_id")["dataset"].unique()
+    shared = datasets_per_id[datasets_per_id.map(len) > 1]
+    if shared.empty:
+        return
+    names = sorted({name for names in shared for name in names})
+    ids = sorted(shared.index)
+    shown = ", ".join(ids[:5]) + (f" ... ({len(ids)} in all)" if len(ids) > 5 else "")
+    raise DatasetError(
+        f"subject ids shared by datasets {', '.join(names)}: {shown}. A subject id must name "
+        "one person in one dataset (splits and prediction joins use it): give all but one of "
+        f"these datasets an id prefix, e.g. data.datasets.{names[-1]}.id_prefix: "
+        f"'{names[-1]}-'"
+    )

@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from neurotransfer.evaluation.decision import PRIMARY_METRIC
 from neurotransfer.reporting.revisions import ExperimentResults
 from neurotransfer.synth.pool import SKIPPED_NOTE
 
-# The metric the study ranks variants by, per task kind, and which direction is better.
-HEADLINE = {"binary": ("auc", "higher"), "regression": ("mae_corrected", "lower")}
+# The study table shows each task's pre-declared primary metric (the one `compare` decides on:
+# AUC; raw MAE for regression), the same key for the model and every baseline.
 SPLITS = (("test", "ID (test)"), ("ood_test", "OOD (held-out sites)"))
 IMAGE_SUFFIXES = (".png", ".svg", ".jpg")
 
@@ -40,10 +41,9 @@ def _interval(entry: dict[str, Any] | float | None) -> str:
 
 
 def _headline(metrics: dict[str, Any], split: str, name: str) -> Any:
+    """Metric `name` on `split`, or None (shown as "–"): never another metric in its place."""
     table = metrics.get(split, {})
     values = table.get("metrics", table)  # point-only baselines have no "metrics" level
-    if name not in values and name.endswith("_corrected"):
-        name = name.removesuffix("_corrected")
     return values.get(name)
 
 
@@ -51,7 +51,7 @@ def study_rows(experiments: list[ExperimentResults], baselines: bool) -> list[li
     rows = []
     for experiment in experiments:
         for task, result in sorted(experiment.tasks.items()):
-            metric, _ = HEADLINE[result.kind]
+            metric = PRIMARY_METRIC[result.kind]
             m = result.metrics
             variant = f"{m.get('model', '?')} / {m.get('init', '?')}"
             if len(experiments) > 1:
@@ -142,11 +142,12 @@ def summary_markdown(
         "",
         "## Study table",
         "",
-        f"Headline metric per task (AUC for binary tasks, higher is better; bias-corrected MAE "
-        f"in years for brain age, lower is better) with its {level} subject-level bootstrap "
-        f"interval, in distribution and on held-out sites. Baselines are scored on the same "
-        f"subjects (the mean predictor has no interval). `neurotransfer compare` tests "
-        f"differences between variants on paired subjects.",
+        f"Each task's pre-declared primary metric (AUC for binary tasks, higher is better; raw "
+        f"MAE in years for regression, lower is better; the bias-corrected MAE is in "
+        f"`metrics/eval/<task>.json`) with its {level} interval (the model: over seeds and "
+        f"subjects; the baselines: subjects), in distribution and on held-out sites. Baselines "
+        f"are scored on the same subjects (the mean predictor has no interval). `neurotransfer "
+        f"compare` tests differences between variants on paired subjects.",
         "",
         "| variant | task | metric | ID (test) | OOD (held-out sites) |",
         "|---|---|---|---|---|",
