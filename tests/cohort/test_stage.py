@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import matplotlib.image
 import nibabel as nib
@@ -18,7 +20,7 @@ from neurotransfer.cohort import anatomy as anatomy_module
 from neurotransfer.cohort import generate, scanner
 from neurotransfer.cohort.anatomy import Anatomy
 from neurotransfer.cohort.generate import plan_cohort, simulate_subject
-from neurotransfer.config import CohortSettings, Settings
+from neurotransfer.config import CohortSettings, Settings, settings_from_dict
 from neurotransfer.stages import cohort as cohort_stage
 
 from .conftest import SMALL_COUNTS
@@ -137,3 +139,35 @@ def test_an_interrupted_run_leaves_the_previous_cohort(
         cohort_stage.run(settings, argparse.Namespace())
     after = {p.relative_to(tmp_path): p.stat().st_size for p in tmp_path.rglob("*") if p.is_file()}
     assert after == before
+
+
+def test_real_data_that_reads_no_phantom_skips_the_generation(
+    make_params: Callable[..., dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """data=ixi_hh-like settings (every dataset outside cohort.out_dir): a note in each output,
+    the reason in the metrics, no subject generated."""
+    raw = make_params()
+    raw["data"]["name"] = "real"
+    raw["data"]["datasets"] = {
+        "site1": {"format": "bids", "path": str(tmp_path / "elsewhere"), "role": "downstream"}
+    }
+    raw["tasks"] = {"age": {"kind": "regression", "target": "age", "datasets": ["site1"]}}
+    raw["scaling"]["tasks"] = []
+    settings = settings_from_dict(raw)
+    assert cohort_stage.phantom_readers(settings) == []
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the phantom was generated")
+
+    monkeypatch.setattr(generate, "write_cohort", never)
+    monkeypatch.chdir(tmp_path)
+    cohort_stage.run(settings, argparse.Namespace())
+    for folder in ("data/raw", "data/phantom_truth", "reports/cohort"):
+        assert [p.name for p in (tmp_path / folder).iterdir()] == ["SKIPPED.md"]
+    recorded = json.loads((tmp_path / "metrics/cohort.json").read_text())
+    assert "no dataset of data 'real' lies under cohort.out_dir" in recorded["skipped"]
+
+
+def test_the_phantom_data_reads_the_cohort(make_params: Callable[..., dict[str, Any]]) -> None:
+    settings = settings_from_dict(make_params())
+    assert cohort_stage.phantom_readers(settings) == ["adni", "pool", "ppmi"]

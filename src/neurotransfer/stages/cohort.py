@@ -5,6 +5,10 @@ truth in ``<truth_dir>/`` (subjects.csv, sites.json, regions.json, regions_mni.n
 ``<report_dir>/site-<name>.png`` and ``metrics/cohort.json``. Each output folder is built in a
 hidden temporary folder beside it and renamed into place only when everything succeeded, so an
 interrupted run never leaves a half-written cohort.
+
+Only data that reads the phantom needs it: when no dataset of ``data.datasets`` lies under
+``cohort.out_dir`` (real data such as ``data=ixi_hh``), the stage writes a ``SKIPPED.md`` note
+into each output folder and records why in the metrics, in seconds instead of a minute.
 """
 
 from __future__ import annotations
@@ -20,6 +24,30 @@ from neurotransfer.config import Settings, SettingsError
 log = logging.getLogger(__name__)
 
 METRICS_PATH = Path("metrics/cohort.json")
+SKIPPED_NOTE = "SKIPPED.md"
+
+
+def phantom_readers(settings: Settings) -> list[str]:
+    """The datasets of ``data.datasets`` whose folder lies under ``cohort.out_dir``."""
+    assert settings.cohort is not None
+    out_dir = Path(settings.cohort.out_dir).resolve()
+    return sorted(
+        name
+        for name, source in settings.data.datasets.items()
+        if Path(source.path).resolve().is_relative_to(out_dir)
+    )
+
+
+def _skip(settings: Settings, reason: str) -> None:
+    from neurotransfer.atomic import atomic_directory, write_json_atomic
+
+    cohort = settings.cohort
+    assert cohort is not None
+    for folder in (cohort.out_dir, cohort.truth_dir, cohort.report_dir):
+        with atomic_directory(folder) as staged:
+            (staged / SKIPPED_NOTE).write_text(f"cohort skipped: {reason}\n", encoding="utf-8")
+    write_json_atomic(METRICS_PATH, {"skipped": reason})
+    log.warning("cohort skipped: %s", reason)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +65,13 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
             "cohort: no 'cohort' block in the parameters; the cohort stage generates the "
             "phantom cohort and needs one (compose with cohort=phantom)"
         )
+    if not phantom_readers(settings):
+        _skip(
+            settings,
+            f"no dataset of data {settings.data.name!r} lies under cohort.out_dir "
+            f"({cohort.out_dir}), so nothing reads the phantom cohort",
+        )
+        return
     start = time.perf_counter()
     with (
         atomic_directory(cohort.out_dir) as staged_out,
