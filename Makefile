@@ -24,8 +24,12 @@ repro: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
 ## Run the test suite (slow tests included; gpu/realdata tests skip when not available).
+# Two worker processes, each test file in one of them (module fixtures are built once): much of
+# a test's time is single-threaded Python and subprocess start-up, so two files side by side
+# finish sooner on 2 cores than one after the other. TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
 test: setup
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -q
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
