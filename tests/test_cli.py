@@ -215,3 +215,42 @@ def test_a_dataset_no_task_uses_is_reported_before_the_stage_runs(
     with caplog.at_level("WARNING", logger="neurotransfer"):
         main(_cohort(repo_root))
     assert not [r for r in caplog.records if "no task's datasets" in r.getMessage()]
+
+
+def test_lightning_lines_print_once_without_the_advert_or_the_leafspec_warning() -> None:
+    import logging
+    import warnings
+
+    import lightning.pytorch  # gives the `lightning` logger its own console handler
+
+    from neurotransfer.cli import quiet_library_logs
+
+    class Lines(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage())
+
+    root, lightning = logging.getLogger(), logging.getLogger("lightning")
+    saved = (root.handlers[:], lightning.handlers[:], lightning.propagate)
+    at_root, own = Lines(), Lines()  # main's basicConfig handler; Lightning's console handler
+    root.handlers, lightning.handlers = [at_root], [own]
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            quiet_library_logs()
+            rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+            rank_zero.info("GPU available: False, used: False")
+            rank_zero.info("💡 Tip: For seamless cloud logging, try installing litlogger")
+            warnings.warn(
+                "`isinstance(treespec, LeafSpec)` is deprecated, use `...` instead.",
+                FutureWarning,
+                stacklevel=1,
+            )
+        printed = at_root.lines + own.lines
+        assert printed == ["GPU available: False, used: False"]
+        assert not [w for w in caught if "LeafSpec" in str(w.message)]
+    finally:
+        root.handlers, lightning.handlers, lightning.propagate = saved

@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 
 from neurotransfer.config import SettingsError, load_settings
@@ -104,6 +105,30 @@ def describe_error(err: BaseException) -> str:
     return text
 
 
+#: Library output that says nothing about the run: Lightning's advert for its cloud logger and
+#: torch's deprecation of a class Lightning itself uses (printed once per Trainer).
+LIGHTNING_ADVERT = "💡 Tip:"
+LEAFSPEC_DEPRECATION = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+
+
+def _not_an_advert(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(LIGHTNING_ADVERT)
+
+
+def quiet_library_logs() -> None:
+    """One line per message, without adverts or a deprecation we cannot act on.
+
+    ``import lightning`` gives the ``lightning`` logger its own console handler *and* lets its
+    records reach the root handler that :func:`main` configures, so every Lightning line was
+    printed twice ("INFO: ..." and the timestamped copy). Not propagating keeps Lightning's own
+    handler, and runs before the stages import Lightning.
+    """
+    logging.getLogger("lightning").propagate = False
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_not_an_advert)
+    warnings.filterwarnings("ignore", message=LEAFSPEC_DEPRECATION, category=FutureWarning)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -111,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    quiet_library_logs()
     debug = debug_requested(args)
     label = stage_label(args)
     module = importlib.import_module(STAGES[args.stage][0])
