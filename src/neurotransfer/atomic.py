@@ -419,3 +419,16 @@ def write_json_atomic(path: str | Path, data: Any) -> Path:
     return write_text_atomic(
         path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
     )
+
+
+#: The note a stage writes into each of its output folders when it decides not to run (the
+#: phantom cohort for real data, the diffusion model for a source that reads no synthetic pool).
+SKIPPED_NOTE = "SKIPPED.md"
+
+
+def write_skipped_notes(folders: Sequence[str | Path], stage: str, reason: str) -> None:
+    """Replace each of `folders` by a folder holding only :data:`SKIPPED_NOTE`, saying
+    ``<stage> skipped: <reason>`` (each folder swapped in atomically)."""
+    for folder in folders:
+        with atomic_directory(folder) as staged:
+            (staged / SKIPPED_NOTE).write_text(f"{stage} skipped: {reason}\n", encoding="utf-8")

@@ -911,11 +911,11 @@ class FinetuneSettings(Strict):
     # predictions (probabilities or years). 1 is a single model.
     ensemble_size: PositiveInt = 1
     deterministic: bool = True
-    # CPU only: train this many seeds (x folds) side by side, each in its own process with
-    # cpu_count // seed_processes threads (at least one). On 2 cores, three one-thread
-    # processes fine-tune three seeds in about 27 % less time than one after another, since
-    # much of a small model's step is single-threaded Python (augmentation, the loop).
-    # 1: one after another in the stage's process.
+    # CPU only: train this many seeds (x folds) side by side, each in a forked process with one
+    # torch thread (GNU OpenMP hangs in a forked child that asks for more). On 2 cores three
+    # such processes fine-tune three seeds in about a quarter less time than one after another
+    # with two threads, since much of a small model's step is single-threaded Python
+    # (augmentation, the loop). 1: one after another in the stage's process.
     seed_processes: PositiveInt = 1
 
     def seed_values(self) -> list[int]:

@@ -24,9 +24,10 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from neurotransfer.atomic import SKIPPED_NOTE
 from neurotransfer.config import SettingsError
 from neurotransfer.data import read_cached_volume, read_manifest
-from neurotransfer.synth.pool import SKIPPED_NOTE, pool_rows
+from neurotransfer.synth.pool import pool_rows
 
 Shape3D = tuple[int, int, int]
 

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from neurotransfer.atomic import SKIPPED_NOTE
 from neurotransfer.evaluation.decision import PRIMARY_METRIC
 from neurotransfer.reporting.revisions import ExperimentResults
-from neurotransfer.synth.pool import SKIPPED_NOTE
 
 # The study table shows each task's pre-declared primary metric (the one `compare` decides on:
 # AUC; raw MAE for regression), the same key for the model and every baseline.

@@ -24,7 +24,6 @@ from neurotransfer.config import Settings, SettingsError
 log = logging.getLogger(__name__)
 
 METRICS_PATH = Path("metrics/cohort.json")
-SKIPPED_NOTE = "SKIPPED.md"
 
 
 def phantom_readers(settings: Settings) -> list[str]:
@@ -39,13 +38,11 @@ def phantom_readers(settings: Settings) -> list[str]:
 
 
 def _skip(settings: Settings, reason: str) -> None:
-    from neurotransfer.atomic import atomic_directory, write_json_atomic
+    from neurotransfer.atomic import write_json_atomic, write_skipped_notes
 
     cohort = settings.cohort
     assert cohort is not None
-    for folder in (cohort.out_dir, cohort.truth_dir, cohort.report_dir):
-        with atomic_directory(folder) as staged:
-            (staged / SKIPPED_NOTE).write_text(f"cohort skipped: {reason}\n", encoding="utf-8")
+    write_skipped_notes((cohort.out_dir, cohort.truth_dir, cohort.report_dir), "cohort", reason)
     write_json_atomic(METRICS_PATH, {"skipped": reason})
     log.warning("cohort skipped: %s", reason)
 

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from neurotransfer.atomic import atomic_directory
+from neurotransfer.atomic import atomic_directory, write_skipped_notes
 from neurotransfer.config import (
     AutoencoderNetSettings,
     DiffusionNetSettings,
@@ -52,7 +52,7 @@ from neurotransfer.synth.networks import (
     latent_shape,
     require_einops,
 )
-from neurotransfer.synth.pool import SKIPPED_NOTE, has_pool, holdout_mask, load_volumes, read_pool
+from neurotransfer.synth.pool import has_pool, holdout_mask, load_volumes, read_pool
 from neurotransfer.synth.sampling import resample_to_grid, resolve_device, sample_volumes
 from neurotransfer.synth.store import participant_ids, save_ldm, write_synthetic_dataset
 from neurotransfer.synth.training import (
@@ -431,9 +431,11 @@ def skip_stage(config: SynthesizeSettings, root: Path, reason: str) -> dict[str,
     """Write the stage's outputs as a note saying why nothing was trained, and return the
     metrics recording the skip. A ``synthetic`` pre-training that reads the outputs stops,
     quoting the note."""
-    for folder in (config.model_dir, config.out_dir, config.report_dir):
-        with atomic_directory(root / folder) as tmp:
-            (tmp / SKIPPED_NOTE).write_text(f"synthesize skipped: {reason}\n", encoding="utf-8")
+    write_skipped_notes(
+        [root / folder for folder in (config.model_dir, config.out_dir, config.report_dir)],
+        "synthesize",
+        reason,
+    )
     # dvc.yaml declares the training curves as plots: they exist, with no curves in them.
     log_dir = root / config.log_dir
     shutil.rmtree(log_dir, ignore_errors=True)

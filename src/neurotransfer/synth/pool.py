@@ -20,8 +20,6 @@ import numpy as np
 import pandas as pd
 
 REQUIRED_COLUMNS = ("subject_id", "role", "split", "age", "sex", "path")
-# Written into the synthesize stage's output folders when the data has no pool to learn from.
-SKIPPED_NOTE = "SKIPPED.md"
 
 
 def pool_rows(manifest: pd.DataFrame) -> pd.Series:
