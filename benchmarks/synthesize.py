@@ -31,8 +31,9 @@ import yaml
 
 from neurotransfer.compose import compose_params
 from neurotransfer.config import load_settings, settings_from_dict
+from neurotransfer.runtime import resolve_device
 from neurotransfer.synth.networks import build_autoencoder, build_unet, latent_shape
-from neurotransfer.synth.sampling import resolve_device, sample_volumes
+from neurotransfer.synth.sampling import sample_volumes
 
 
 def architecture(model: str, params: Path) -> dict[str, Any]:

@@ -22,7 +22,8 @@ import pytest
 import neurotransfer.data.preprocessing as preprocessing
 from neurotransfer.atomic import OutputError, OutputLocked, output_lock
 from neurotransfer.config import DataSettings, PreprocessSettings
-from neurotransfer.data.cache import cached_array_problem, file_sha256, read_manifest
+from neurotransfer.data.cache import cached_array_problem, file_sha256
+from neurotransfer.data.manifest import read_manifest
 from neurotransfer.data.pipeline import run_preprocess
 
 from .test_pipeline import _downstream, _settings

@@ -12,9 +12,9 @@ import pytest
 from neurotransfer.evaluation import (
     bootstrap_metrics,
     evaluate_predictions,
-    json_ready,
     subject_resamples,
 )
+from neurotransfer.runtime import json_ready
 
 N_RESAMPLES = 300
 

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from neurotransfer.synth.pool import holdout_mask, load_volume, read_pool
+from neurotransfer.data.splits import holdout_mask
+from neurotransfer.synth.pool import load_volume, read_pool
 from tests.synth.phantoms import write_phantom_pool
 
 
@@ -44,7 +45,7 @@ def test_manifest_without_pool_rows_or_columns_is_an_error(tmp_path: Path) -> No
     with pytest.raises(ValueError, match="no rows with role == 'pool'"):
         read_pool(manifest, tmp_path)
     table.drop(columns=["age"]).to_csv(manifest, index=False)
-    with pytest.raises(ValueError, match=r"missing column\(s\) \['age'\]"):
+    with pytest.raises(ValueError, match=r"not a neurotransfer manifest \(missing columns \['age"):
         read_pool(manifest, tmp_path)
 
 

@@ -14,11 +14,11 @@ import torch
 import yaml
 
 from neurotransfer.cli import main
-from neurotransfer.evaluation.serialization import json_ready
+from neurotransfer.data.manifest import has_pool
+from neurotransfer.runtime import json_ready
 from neurotransfer.synth import pipeline
 from neurotransfer.synth.bundle import to_legacy_layout
 from neurotransfer.synth.networks import build_autoencoder, build_unet
-from neurotransfer.synth.pool import has_pool
 from neurotransfer.synth.store import load_ldm
 from tests.synth.helpers import SHAPE, needs_einops, randomise, tiny_settings
 from tests.synth.phantoms import drop_pool_role, write_phantom_pool
@@ -204,7 +204,7 @@ def test_when_needed_the_stage_skips_unless_pretraining_reads_synthetic_volumes(
 def test_a_manifest_without_roles_is_an_error_naming_it(tmp_path: Path) -> None:
     manifest = tmp_path / "manifest.csv"
     pd.DataFrame({"subject_id": ["s1"], "path": ["s1.npy"]}).to_csv(manifest, index=False)
-    with pytest.raises(ValueError, match=r"manifest\.csv: missing column\(s\) \['role', 'split'\]"):
+    with pytest.raises(ValueError, match=r"manifest\.csv: not a neurotransfer manifest"):
         has_pool(manifest)
     with pytest.raises(FileNotFoundError, match=r"nope\.csv: manifest not found"):
         has_pool(tmp_path / "nope.csv")

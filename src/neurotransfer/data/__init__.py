@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from neurotransfer.data.cache import (
+from neurotransfer.data.cache import load_cached_volume, read_cached_volume
+from neurotransfer.data.manifest import (
     MANIFEST_COLUMNS,
-    load_cached_volume,
-    read_cached_volume,
+    manifest_path,
+    pool_rows,
     read_manifest,
+    require_manifest,
 )
 from neurotransfer.data.tasks import select_task_rows
 
@@ -22,8 +24,11 @@ __all__ = [
     "MANIFEST_COLUMNS",
     "TaskDataModule",
     "load_cached_volume",
+    "manifest_path",
+    "pool_rows",
     "read_cached_volume",
     "read_manifest",
+    "require_manifest",
     "select_task_rows",
 ]
 

@@ -1,4 +1,4 @@
-"""The preprocessed cache: one fp16 ``.npy`` per scan and ``manifest.csv`` beside them.
+"""The preprocessed cache: one fp16 ``.npy`` per scan; ``manifest.py`` owns the manifest.
 
 Each processed row of the manifest records a ``cache_key``: a hash of the input file's bytes, the
 preprocessing settings and the preprocessing code. A re-run reuses every entry whose key is
@@ -15,47 +15,8 @@ import stat
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from neurotransfer.config import PreprocessSettings
-
-# DESIGN.md's manifest columns, in order; extra columns follow them.
-MANIFEST_COLUMNS = [
-    "subject_id",
-    "dataset",
-    "site",
-    "role",
-    "age",
-    "sex",
-    "diagnosis",
-    "split",
-    "path",
-    "exclusion_reason",
-]
-TEXT_COLUMNS = (
-    "subject_id",
-    "dataset",
-    "site",
-    "role",
-    "sex",
-    "diagnosis",
-    "split",
-    "path",
-    "exclusion_reason",
-    "scan_id",
-    "source_path",
-    "cache_key",
-    "array_sha256",
-)
-
-
-NUMERIC_COLUMNS = (
-    "age",
-    "fold",
-    "qc_template_corr",
-    "qc_brain_coverage",
-    "registration_scale",
-)
 
 
 def load_cached_volume(path: str | Path) -> np.ndarray:
@@ -110,23 +71,6 @@ def cached_array_problem(
     if sha256 and digest != sha256:
         return "content differs from the sha256 recorded in the manifest", digest
     return "", digest
-
-
-def read_manifest(path: str | Path) -> pd.DataFrame:
-    """The manifest with text columns as strings (empty string for missing), numbers as float."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: manifest not found (run the preprocess stage first)")
-    frame = pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS}, keep_default_na=False)
-    missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{path}: not a neurotransfer manifest (missing columns {missing})")
-    for column in NUMERIC_COLUMNS:
-        if column in frame.columns:
-            frame[column] = pd.to_numeric(frame[column].replace("", np.nan)).astype(float)
-    if "qc_outlier" in frame.columns:
-        frame["qc_outlier"] = frame["qc_outlier"].astype(str) == "True"
-    return frame
 
 
 # Modules whose code decides a cached array's content: editing one invalidates every entry.

@@ -14,7 +14,8 @@ from monai.data import DataLoader
 from torch.utils.data import Dataset
 
 from neurotransfer.config import AugmentSettings, TaskSettings
-from neurotransfer.data.cache import read_cached_volume, read_manifest
+from neurotransfer.data.cache import read_cached_volume
+from neurotransfer.data.manifest import read_manifest
 from neurotransfer.data.splits import CV_SPLIT, fold_split
 from neurotransfer.data.tasks import select_task_rows
 

@@ -32,14 +32,13 @@ import pandas as pd
 from neurotransfer.atomic import atomic_directories, output_lock
 from neurotransfer.config import DataSettings, PreprocessSettings
 from neurotransfer.data.cache import (
-    MANIFEST_COLUMNS,
     cached_array_problem,
     file_sha256,
-    read_manifest,
     scan_cache_key,
     settings_fingerprint,
 )
 from neurotransfer.data.ingest import ingest
+from neurotransfer.data.manifest import MANIFEST_COLUMNS, MANIFEST_NAME, read_manifest
 from neurotransfer.data.splits import assign_folds, assign_splits
 from neurotransfer.process_guard import die_with_parent
 
@@ -200,7 +199,7 @@ def _robust_outliers(values: pd.Series, threshold: float = 3.5) -> pd.Series:
 
 def _previous_results(processed: Path, root: Path) -> dict[str, dict[str, Any]]:
     """cache key -> what the previous run recorded for it (only entries still usable)."""
-    manifest_path = processed / "manifest.csv"
+    manifest_path = processed / MANIFEST_NAME
     if not manifest_path.is_file():
         return {}
     try:
@@ -371,7 +370,7 @@ def run_preprocess(
         # Relative to the repository root like `path`, so a moved clone's manifest still holds.
         scans["source_path"] = [os.path.relpath(p, root) if p else "" for p in scans["source_path"]]
         manifest = scans[MANIFEST_COLUMNS + EXTRA_COLUMNS]
-        manifest.to_csv(tmp / "manifest.csv", index=False, float_format="%.6g")
+        manifest.to_csv(tmp / MANIFEST_NAME, index=False, float_format="%.6g")
         qc_seconds = write_qc(manifest, tmp, qc_tmp, settings)
 
     n_computed_ok = sum(not r["exclusion_reason"] for r in results)

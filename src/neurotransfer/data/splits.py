@@ -144,3 +144,22 @@ def check_pool_disjoint(manifest: pd.DataFrame) -> None:
             + (" ..." if len(names) > 20 else "")
             + ". Remove them from the pool dataset, or stop holding out their site/dataset."
         )
+
+
+def holdout_mask(subject_ids: pd.Series, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of held-out scans: whole subjects, chosen deterministically from ``seed``.
+
+    Splits the upstream pool for the generative model's quality metrics and the pre-training
+    age probe. At least two subjects are held out (the quality metrics compare pairs) and at
+    least two remain for training.
+    """
+    subjects = np.array(sorted(subject_ids.unique()))
+    n_holdout = max(2, round(fraction * len(subjects)))
+    if len(subjects) - n_holdout < 2:
+        raise ValueError(
+            f"the pool has {len(subjects)} usable subject(s): too few to hold out {n_holdout} "
+            "and train on at least 2"
+        )
+    rng = np.random.default_rng(seed)
+    held_out = set(rng.permutation(subjects)[:n_holdout])
+    return subject_ids.isin(held_out).to_numpy()

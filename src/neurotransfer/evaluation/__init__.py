@@ -8,7 +8,6 @@ read here (``run.evaluate_task`` and the ``evaluate`` stage do that).
 - ``baselines``: training-mean predictor and a linear model on downsampled voxels
 - ``site_probe``: logistic-regression site probe on backbone features, OpenBHB combined score
 - ``plots``: ROC / calibration / predicted-vs-true tables for ``dvc plots`` and PNG figures
-- ``serialization``: numpy and NaN to strict JSON
 """
 
 from neurotransfer.evaluation.baselines import (
@@ -35,7 +34,6 @@ from neurotransfer.evaluation.plots import (
     save_figures,
     save_roc_figure,
 )
-from neurotransfer.evaluation.serialization import json_ready
 from neurotransfer.evaluation.site_probe import openbhb_score, site_probe
 
 __all__ = [
@@ -45,7 +43,6 @@ __all__ = [
     "calibration_points",
     "downsample_for_baseline",
     "evaluate_predictions",
-    "json_ready",
     "mean_predictor_baseline",
     "openbhb_score",
     "plot_tables",

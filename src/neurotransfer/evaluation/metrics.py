@@ -7,7 +7,7 @@ thousands of times per split and per site, and scikit-learn's input validation d
 metric against scikit-learn.
 
 Undefined metrics are NaN, never an exception: a site with one class has no AUC, constant
-predictions have no correlation. ``serialization.json_ready`` turns NaN into JSON ``null``.
+predictions have no correlation. ``neurotransfer.runtime.json_ready`` turns NaN into JSON ``null``.
 """
 
 from __future__ import annotations

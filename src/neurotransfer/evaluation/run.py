@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from neurotransfer.config import (
     EvaluateSettings,
@@ -58,6 +57,7 @@ from neurotransfer.evaluation.seeds import (
     seed_key,
 )
 from neurotransfer.evaluation.site_probe import openbhb_score, site_probe
+from neurotransfer.runtime import resolve_device
 
 if TYPE_CHECKING:
     from neurotransfer.data import TaskDataModule
@@ -382,9 +382,7 @@ def evaluate_task(settings: Settings, task_name: str, root: Path = Path(".")) ->
     fold_models, meta = load_fold_models(root / FINETUNED_DIR / task_name)
     check_models_match_settings(meta, settings.finetune, task_name, settings.data.splits)
     seed_values = [model.seed for model in fold_models[0]]
-    device = (
-        "cuda" if torch.cuda.is_available() and settings.finetune.accelerator != "cpu" else "cpu"
-    )
+    device = str(resolve_device(settings.finetune.accelerator, "finetune.accelerator"))
     folds = settings.data.splits.folds()
     per_fold = []
     for index, (fold, seed_models) in enumerate(zip(folds, fold_models, strict=True)):

@@ -26,8 +26,8 @@ from torch.utils.data import Dataset
 
 from neurotransfer.atomic import SKIPPED_NOTE
 from neurotransfer.config import SettingsError
-from neurotransfer.data import read_cached_volume, read_manifest
-from neurotransfer.synth.pool import pool_rows
+from neurotransfer.data import read_cached_volume
+from neurotransfer.data.manifest import no_pool_error, pool_array_paths, pool_rows, read_manifest
 
 Shape3D = tuple[int, int, int]
 
@@ -78,20 +78,16 @@ def read_pool_scans(manifest_path: Path, root: Path, required: bool = True) -> P
     manifest = read_manifest(manifest_path)
     pool = manifest[pool_rows(manifest)]
     if pool.empty and required:
-        raise ValueError(
-            f"{manifest_path}: no rows with role == 'pool' and split == 'pool'; pre-training "
-            "(and its age probe) reads the upstream pool"
+        raise no_pool_error(
+            manifest_path, "; pre-training (and its age probe) reads the upstream pool"
         )
     rows = pd.DataFrame(
         {
-            "subject_id": pool["subject_id"].astype(str).to_numpy(),
-            "age": pd.to_numeric(pool["age"], errors="coerce").to_numpy(dtype=float),
-            "path": [str((root / p).resolve()) for p in pool["path"]],
+            "subject_id": pool["subject_id"].to_numpy(),
+            "age": pool["age"].to_numpy(dtype=float),
+            "path": pool_array_paths(pool, manifest_path, root),
         }
     )
-    for path in rows["path"]:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{path}: pool array listed in {manifest_path} is missing")
     return PoolScans(rows, manifest_path)
 
 

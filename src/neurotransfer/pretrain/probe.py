@@ -3,7 +3,7 @@
 Every source (scratch included) is scored the same way, so variants compare in
 ``metrics/pretrain.json``: the backbone, in eval mode and frozen, maps every upstream-pool scan
 with a known age to its ``[F]`` feature vector; whole subjects are split
-(:func:`neurotransfer.synth.pool.holdout_mask`, seeded) into ``1 - val_fraction`` to fit and
+(:func:`neurotransfer.data.splits.holdout_mask`, seeded) into ``1 - val_fraction`` to fit and
 ``val_fraction`` to score; features are standardised on the fitting part and scikit-learn's
 ``RidgeCV`` predicts age, its penalty chosen among ``ridge_alphas`` by leave-one-out error on the
 fitting part only (a fixed penalty would favour feature sizes it happens to suit). Reported:
@@ -27,7 +27,7 @@ from sklearn.metrics import mean_absolute_error, r2_score
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from neurotransfer.synth.pool import holdout_mask
+from neurotransfer.data.splits import holdout_mask
 
 MIN_SUBJECTS = 4  # two to fit, two to score
 

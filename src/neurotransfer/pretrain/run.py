@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 
 from neurotransfer.atomic import atomic_directory, write_json_atomic
 from neurotransfer.config import Settings
+from neurotransfer.data.manifest import manifest_path
 from neurotransfer.models import build_backbone, save_backbone
 from neurotransfer.pretrain import data as pdata
 from neurotransfer.pretrain.external import external_weights
@@ -32,7 +32,7 @@ from neurotransfer.pretrain.inflation import map_external
 from neurotransfer.pretrain.module import ObjectiveConfig, PretrainModule, PretrainOptim
 from neurotransfer.pretrain.probe import age_probe, extract_features
 from neurotransfer.pretrain.sources import EXTERNAL_SOURCES, TRAINED_SOURCES, check_source
-from neurotransfer.train.fit import resolve_precision
+from neurotransfer.runtime import json_ready, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +42,6 @@ META_VERSION = 1
 def check_pretrain_settings(settings: Settings) -> None:
     """The checks that need no data: source/architecture compatibility."""
     check_source(settings.pretrain.source, settings.model.name, settings.model.options)
-
-
-def resolve_device(accelerator: str) -> torch.device:
-    if accelerator != "cpu" and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 def mask_patch(settings: Settings) -> int | tuple[int, int, int]:
@@ -106,7 +100,7 @@ def train_backbone(
         generator=torch.Generator().manual_seed(cfg.seed),
         num_workers=0,
     )
-    on_gpu = resolve_device(cfg.accelerator).type == "cuda"
+    on_gpu = resolve_device(cfg.accelerator, "pretrain.accelerator").type == "cuda"
     trainer = L.Trainer(
         max_epochs=cfg.epochs,
         accelerator="gpu" if on_gpu else "cpu",
@@ -149,7 +143,7 @@ def run_pretrain(settings: Settings, root: Path = Path(".")) -> dict[str, Any]:
     architecture = settings.model.name
     check_pretrain_settings(settings)
     shape = tuple(settings.data.preprocess.shape)
-    manifest = root / settings.data.processed_dir / "manifest.csv"
+    manifest = manifest_path(settings.data.processed_dir, root)
     # Only ssl trains on the pool; without one the other sources run and the probe is skipped.
     pool = pdata.read_pool_scans(manifest, root, required=cfg.source == "ssl")
     log_dir = root / cfg.log_dir
@@ -213,7 +207,7 @@ def run_pretrain(settings: Settings, root: Path = Path(".")) -> dict[str, Any]:
         }
     meta["data"].update(pool.data_record())
 
-    device = resolve_device(cfg.accelerator)
+    device = resolve_device(cfg.accelerator, "pretrain.accelerator")
     if pool.rows.empty:
         probe: dict[str, Any] = {
             "target": "age",
@@ -251,7 +245,7 @@ def run_pretrain(settings: Settings, root: Path = Path(".")) -> dict[str, Any]:
     if "external" in meta:
         metrics["weights"] = meta["external"]["weights"]
     log_probe(log_dir, probe, resume=cfg.source in TRAINED_SOURCES)
-    write_json_atomic(root / cfg.metrics_path, _json_ready(metrics))
+    write_json_atomic(root / cfg.metrics_path, json_ready(metrics))
     return metrics
 
 
@@ -268,15 +262,3 @@ def log_probe(log_dir: Path, probe: dict[str, Any], resume: bool) -> None:
     # dvc.yaml declares the curves as plots: without a pool probe (and a source that does not
     # train) there are none, but the folder exists.
     (log_dir / "plots" / "metrics").mkdir(parents=True, exist_ok=True)
-
-
-def _json_ready(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, float | np.floating):
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value

@@ -16,8 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(settings: Settings, args: argparse.Namespace) -> None:
     from neurotransfer.atomic import atomic_directory, write_json_atomic
-    from neurotransfer.evaluation import json_ready, plot_tables, save_figures
+    from neurotransfer.evaluation import plot_tables, save_figures
     from neurotransfer.evaluation.run import evaluate_task
+    from neurotransfer.runtime import json_ready
     from neurotransfer.train.finetune import task_settings
 
     task = task_settings(settings, args.task)

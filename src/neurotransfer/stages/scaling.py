@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(settings: Settings, args: argparse.Namespace) -> None:
     from neurotransfer.atomic import write_json_atomic, write_text_atomic
     from neurotransfer.config import SettingsError
-    from neurotransfer.evaluation.serialization import json_ready
+    from neurotransfer.runtime import json_ready
     from neurotransfer.train.scaling import plot_curve, run_scaling_task, scaling_summary
 
     sc = settings.scaling

@@ -15,7 +15,7 @@ from neurotransfer.config import Settings
 
 def run(settings: Settings, args: argparse.Namespace) -> None:
     from neurotransfer.atomic import write_json_atomic
-    from neurotransfer.evaluation.serialization import json_ready
+    from neurotransfer.runtime import json_ready
     from neurotransfer.synth.pipeline import run_synthesize, synthesize_settings
 
     config = synthesize_settings(settings)  # a missing block fails before any work

@@ -35,6 +35,9 @@ from neurotransfer.config import (
     SettingsError,
     SynthesizeSettings,
 )
+from neurotransfer.data.manifest import has_pool, manifest_path
+from neurotransfer.data.splits import holdout_mask
+from neurotransfer.runtime import resolve_device
 from neurotransfer.synth import quality, report
 from neurotransfer.synth.bundle import load_pretrained_ldm
 from neurotransfer.synth.covariates import (
@@ -52,8 +55,8 @@ from neurotransfer.synth.networks import (
     latent_shape,
     require_einops,
 )
-from neurotransfer.synth.pool import has_pool, holdout_mask, load_volumes, read_pool
-from neurotransfer.synth.sampling import resample_to_grid, resolve_device, sample_volumes
+from neurotransfer.synth.pool import load_volumes, read_pool
+from neurotransfer.synth.sampling import resample_to_grid, sample_volumes
 from neurotransfer.synth.store import participant_ids, save_ldm, write_synthetic_dataset
 from neurotransfer.synth.training import (
     encode_posteriors,
@@ -143,7 +146,7 @@ def prepare_pool(
     config = synthesize_settings(settings)
     q = config.quality
     shape = tuple(settings.data.preprocess.shape)
-    pool = read_pool(root / settings.data.processed_dir / "manifest.csv", root)
+    pool = read_pool(manifest_path(settings.data.processed_dir, root), root)
     held = holdout_mask(pool.scans["subject_id"], q.holdout_fraction, config.seed)
     train = pool.scans[~held].reset_index(drop=True)
     heldout = pool.scans[held].reset_index(drop=True)
@@ -451,13 +454,13 @@ def run_synthesize(settings: Settings, root: Path) -> dict[str, Any]:
     not_needed = not_needed_reason(settings)
     if not_needed is not None:
         return skip_stage(config, root, not_needed)
-    manifest_path = root / settings.data.processed_dir / "manifest.csv"
-    if not has_pool(manifest_path):
+    manifest = manifest_path(settings.data.processed_dir, root)
+    if not has_pool(manifest):
         # Data without an upstream pool (downstream datasets only): nothing to train on.
         return skip_stage(
             config,
             root,
-            f"{manifest_path}: no upstream pool scans (role == pool), so no diffusion model "
+            f"{manifest}: no upstream pool scans (role == pool), so no diffusion model "
             "was trained and no synthetic volumes were sampled",
         )
     require_einops()
@@ -467,7 +470,7 @@ def run_synthesize(settings: Settings, root: Path) -> dict[str, Any]:
         tuple(settings.data.preprocess.spacing),
     )
     L.seed_everything(config.seed, workers=True, verbose=False)
-    device = resolve_device(config.accelerator)
+    device = resolve_device(config.accelerator, "synthesize.accelerator")
     s = config.sampling
     clock = time.perf_counter()
     timing: dict[str, float] = {}

@@ -19,12 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-REQUIRED_COLUMNS = ("subject_id", "role", "split", "age", "sex", "path")
-
-
-def pool_rows(manifest: pd.DataFrame) -> pd.Series:
-    """Which manifest rows are the upstream pool: ``role == "pool"`` and ``split == "pool"``."""
-    return (manifest["role"] == "pool") & (manifest["split"] == "pool")
+from neurotransfer.data.manifest import no_pool_error, pool_array_paths, pool_rows, read_manifest
 
 
 @dataclass(frozen=True)
@@ -35,42 +30,22 @@ class PoolTable:
     excluded: pd.DataFrame  # subject_id, path, reason
 
 
-def has_pool(manifest_path: Path) -> bool:
-    """Whether the manifest lists any upstream pool scans (downstream-only data has none)."""
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"{manifest_path}: manifest not found (run `preprocess` first)")
-    manifest = pd.read_csv(manifest_path, dtype=str)
-    missing = [c for c in ("role", "split") if c not in manifest.columns]
-    if missing:
-        raise ValueError(f"{manifest_path}: missing column(s) {missing}")
-    return bool(pool_rows(manifest).any())
-
-
 def read_pool(manifest_path: Path, root: Path) -> PoolTable:
     """Read the pool rows of ``data/processed/manifest.csv`` (paths relative to ``root``)."""
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"{manifest_path}: manifest not found (run `preprocess` first)")
-    manifest = pd.read_csv(manifest_path, dtype={"subject_id": str, "sex": str, "path": str})
-    missing = [c for c in REQUIRED_COLUMNS if c not in manifest.columns]
-    if missing:
-        raise ValueError(f"{manifest_path}: missing column(s) {missing}")
+    manifest = read_manifest(manifest_path)
     pool = manifest[pool_rows(manifest)].copy()
     if pool.empty:
-        raise ValueError(f"{manifest_path}: no rows with role == 'pool' and split == 'pool'")
+        raise no_pool_error(manifest_path, "")
 
-    pool["age"] = pd.to_numeric(pool["age"], errors="coerce")
-    pool["sex"] = pool["sex"].fillna("").astype(str).str.strip()
+    pool["sex"] = pool["sex"].str.strip()
     reasons = pd.Series("", index=pool.index, dtype=object)
     reasons[pool["age"].isna()] = "no age (needed for conditioning)"
     reasons[(reasons == "") & ~pool["sex"].isin(["M", "F"])] = "sex is not M or F"
     excluded = pool.loc[reasons != "", ["subject_id", "path"]].assign(reason=reasons[reasons != ""])
 
     scans = pool[reasons == ""].copy()
-    scans["path"] = [str((root / p).resolve()) for p in scans["path"]]
-    for path in scans["path"]:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{path}: pool array listed in {manifest_path} is missing")
-    keep = [c for c in ("subject_id", "dataset", "site", "age", "sex", "path") if c in scans]
+    scans["path"] = pool_array_paths(scans, manifest_path, root)
+    keep = ["subject_id", "dataset", "site", "age", "sex", "path"]
     return PoolTable(scans[keep].reset_index(drop=True), excluded.reset_index(drop=True))
 
 
@@ -96,21 +71,3 @@ def load_volumes(paths: list[str], shape: tuple[int, int, int]) -> np.ndarray:
     for i, path in enumerate(paths):
         out[i] = load_volume(path, shape)
     return out
-
-
-def holdout_mask(subject_ids: pd.Series, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of held-out scans: whole subjects, chosen deterministically from ``seed``.
-
-    At least two subjects are held out (the quality metrics compare pairs) and at least two
-    remain for training.
-    """
-    subjects = np.array(sorted(subject_ids.unique()))
-    n_holdout = max(2, round(fraction * len(subjects)))
-    if len(subjects) - n_holdout < 2:
-        raise ValueError(
-            f"the pool has {len(subjects)} usable subject(s): too few to hold out {n_holdout} "
-            "and train on at least 2"
-        )
-    rng = np.random.default_rng(seed)
-    held_out = set(rng.permutation(subjects)[:n_holdout])
-    return subject_ids.isin(held_out).to_numpy()

@@ -59,14 +59,6 @@ def ddim_scheduler(schedule: NoiseScheduleSettings, steps: int) -> DDIMScheduler
     return scheduler
 
 
-def resolve_device(accelerator: str) -> torch.device:
-    if accelerator == "cpu":
-        return torch.device("cpu")
-    if accelerator == "gpu" and not torch.cuda.is_available():
-        raise RuntimeError("synthesize.accelerator is 'gpu' but no CUDA device is available")
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """bf16/fp16 autocast on CUDA for the mixed precisions ('auto': bf16 where supported)."""
     if device.type != "cuda":

@@ -46,7 +46,7 @@ def save_ldm(folder: Path, autoencoder: nn.Module, unet: nn.Module, config: dict
     folder.mkdir(parents=True, exist_ok=True)
     save_file(_contiguous_state(autoencoder), str(folder / AUTOENCODER_FILE))
     save_file(_contiguous_state(unet), str(folder / UNET_FILE))
-    from neurotransfer.evaluation.serialization import json_ready
+    from neurotransfer.runtime import json_ready
 
     payload = json_ready({"format": MODEL_FORMAT, **config})
     (folder / CONFIG_FILE).write_text(

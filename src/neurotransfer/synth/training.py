@@ -42,10 +42,10 @@ from neurotransfer.config import (
     DiffusionTrainSettings,
     SynthesizeSettings,
 )
+from neurotransfer.runtime import resolve_precision
 from neurotransfer.synth.networks import UNCONDITIONAL_VALUE, CovariateConditionedUNet
 from neurotransfer.synth.pool import load_volume
 from neurotransfer.synth.sampling import ddpm_scheduler
-from neurotransfer.train.fit import resolve_precision
 
 log = logging.getLogger(__name__)
 

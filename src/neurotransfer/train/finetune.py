@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from neurotransfer.config import FinetuneSettings, Settings, SettingsError, TaskSettings
+from neurotransfer.data.manifest import manifest_path, require_manifest
 from neurotransfer.process_guard import die_with_parent
 from neurotransfer.train.checkpoint import (
     SeedModel,
@@ -48,13 +49,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FINETUNED_DIR = Path("models/finetuned")
-
-
-def manifest_path(settings: Settings, root: Path) -> Path:
-    path = root / settings.data.processed_dir / "manifest.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: manifest not found (run the preprocess stage first)")
-    return path
 
 
 def task_settings(settings: Settings, task_name: str) -> TaskSettings:
@@ -141,7 +135,7 @@ def task_datamodule(
             + ("a fold must be chosen" if fold is None else f"there is no fold {fold}")
         )
     return TaskDataModule(
-        manifest_path=manifest_path(settings, root),
+        manifest_path=require_manifest(manifest_path(settings.data.processed_dir, root)),
         task_name=task_name,
         task=task_settings(settings, task_name),
         batch_size=ft.batch_size,

@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 
 from neurotransfer.config import FinetuneSettings
+from neurotransfer.runtime import resolve_precision
 from neurotransfer.train.module import TaskModule
 
 log = logging.getLogger(__name__)
@@ -99,19 +100,6 @@ class BestWeights(Callback):
             self.best_score, self.best_epoch, self.best_state, self.best_metrics = (
                 trainer.strategy.broadcast(state, src=0)
             )
-
-
-def resolve_precision(setting: str) -> str:
-    """'auto' means bf16 mixed precision on a GPU that supports it, else full fp32.
-
-    An explicit setting is passed to Lightning as it is: "bf16-mixed" on the CPU runs the
-    forward pass under CPU autocast to bfloat16 (weights, optimizer and loss stay fp32);
-    benchmarks/train_step_cpu.py measures what it gains on a given CPU."""
-    if setting != "auto":
-        return setting
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "32-true"
 
 
 def apply_speedups(module: TaskModule, settings: FinetuneSettings) -> None:

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from neurotransfer.config import Settings
+from neurotransfer.runtime import resolve_device
 
 if TYPE_CHECKING:
     from neurotransfer.data.datamodule import TaskDataModule
@@ -152,15 +153,12 @@ def run_scaling_task(
     settings: Settings, task_name: str, root: Path = Path("."), trainer_overrides: Any = None
 ) -> pd.DataFrame:
     """The curve of one task: one row per (fraction, seed, split), columns CURVE_COLUMNS."""
-    import torch
 
     from neurotransfer.train.finetune import task_datamodule, task_settings, train_task
 
     task = task_settings(settings, task_name)
     sc, ev = settings.scaling, settings.evaluate
-    device = (
-        "cuda" if torch.cuda.is_available() and settings.finetune.accelerator != "cpu" else "cpu"
-    )
+    device = str(resolve_device(settings.finetune.accelerator, "finetune.accelerator"))
     rows: list[dict[str, Any]] = []
     for seed in sc.seeds:
         finetune = settings.finetune.model_copy(

@@ -1,4 +1,4 @@
-"""json_ready: numpy values and NaN in nested results become strict JSON."""
+"""runtime: json_ready makes strict JSON; resolve_device has one rule for every stage."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from neurotransfer.evaluation import AgeBiasCorrection, json_ready
+from neurotransfer.evaluation import AgeBiasCorrection
+from neurotransfer.runtime import json_ready
 
 
 def test_nested_numpy_and_non_finite_values_become_json() -> None:
@@ -44,3 +46,21 @@ def test_nested_numpy_and_non_finite_values_become_json() -> None:
 def test_unknown_objects_are_refused_rather_than_stringified() -> None:
     with pytest.raises(TypeError, match="cannot convert object"):
         json_ready({"model": object()})
+
+
+def test_devices_follow_one_rule(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from neurotransfer.runtime import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("cpu").type == "cpu"
+    with caplog.at_level("INFO", logger="neurotransfer.runtime"):
+        assert resolve_device("auto", "pretrain.accelerator").type == "cpu"
+    assert "pretrain.accelerator is 'auto' and there is no CUDA device" in caplog.text
+    with pytest.raises(RuntimeError, match=r"synthesize\.accelerator is 'gpu' but no CUDA device"):
+        resolve_device("gpu", "synthesize.accelerator")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("gpu").type == "cuda"
+    assert resolve_device("auto").type == "cuda"
+    assert resolve_device("cpu").type == "cpu"
