@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from neurotransfer import paths
+
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -115,9 +117,9 @@ class CohortSettings(Strict):
     """The phantom generator (``neurotransfer.cohort``): where it writes and what it simulates."""
 
     seed: NonNegativeInt = 0
-    out_dir: str = "data/raw"
-    truth_dir: str = "data/phantom_truth"
-    report_dir: str = "reports/cohort"
+    out_dir: str = paths.PHANTOM_RAW_DIR
+    truth_dir: str = paths.PHANTOM_TRUTH_DIR
+    report_dir: str = paths.COHORT_REPORT_DIR
     template_resolution_mm: Literal[1, 2] = 2
     atrophy_scale: PositiveFloat = 1.0
     workers: PositiveInt = 2
@@ -320,8 +322,8 @@ class DataSettings(Strict):
     preprocess: PreprocessSettings = PreprocessSettings()
     splits: SplitSettings = SplitSettings()
     augment: AugmentSettings = AugmentSettings()
-    processed_dir: str = "data/processed"
-    qc_dir: str = "reports/qc"
+    processed_dir: str = paths.PROCESSED_DIR
+    qc_dir: str = paths.QC_DIR
 
     @field_validator("sex_codes")
     @classmethod
@@ -565,11 +567,11 @@ class SynthesizeSettings(Strict):
     sampling: SamplingSettings = SamplingSettings()
     quality: SynthQualitySettings = SynthQualitySettings()
     pretrained: PretrainedLDMSettings | None = None
-    model_dir: str = "models/ldm"
-    out_dir: str = "data/synthetic"
-    report_dir: str = "reports/synthetic"
-    metrics_path: str = "metrics/synthesize.json"
-    log_dir: str = "dvclive/synthesize"
+    model_dir: str = paths.LDM_DIR
+    out_dir: str = paths.SYNTHETIC_DIR
+    report_dir: str = paths.SYNTHETIC_REPORT_DIR
+    metrics_path: str = paths.SYNTHESIZE_METRICS
+    log_dir: str = paths.SYNTHESIZE_LOG_DIR
 
     @model_validator(mode="after")
     def _pretrained_needs_files(self) -> SynthesizeSettings:
@@ -831,10 +833,10 @@ class PretrainSettings(Strict):
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     precision: Literal["auto", "32", "bf16-mixed"] = "auto"
     seed: NonNegativeInt = 0
-    synthetic_dir: str = "data/synthetic"
-    out_dir: str = "models/pretrained"
-    metrics_path: str = "metrics/pretrain.json"
-    log_dir: str = "dvclive/pretrain"
+    synthetic_dir: str = paths.SYNTHETIC_DIR
+    out_dir: str = paths.PRETRAINED_DIR
+    metrics_path: str = paths.PRETRAIN_METRICS
+    log_dir: str = paths.PRETRAIN_LOG_DIR
 
     @model_validator(mode="after")
     def _objectives_fit_source(self) -> PretrainSettings:
@@ -997,8 +999,8 @@ class ScalingSettings(Strict):
     )
     seeds: list[NonNegativeInt] = Field(default_factory=lambda: [0], min_length=1)
     max_epochs: PositiveInt | None = None  # null: finetune.max_epochs
-    out_dir: str = "reports/scaling"
-    metrics_path: str = "metrics/scaling.json"
+    out_dir: str = paths.SCALING_DIR
+    metrics_path: str = paths.SCALING_METRICS
 
     @field_validator("fractions")
     @classmethod

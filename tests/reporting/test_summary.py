@@ -61,9 +61,12 @@ def test_report_stage_writes_summary(tmp_path: Path, monkeypatch: pytest.MonkeyP
     fake_workspace(tmp_path)
     write_scaling_curve(tmp_path, "brain_age", seeds=[0])
     monkeypatch.chdir(tmp_path)
-    # Only the two settings the stage reads: the test does not depend on the whole params.yaml.
+    # Only the settings the stage reads: the test does not depend on the whole params.yaml.
     settings = SimpleNamespace(
-        data=SimpleNamespace(qc_dir="reports/qc"), evaluate=SimpleNamespace(ci_level=0.9)
+        data=SimpleNamespace(qc_dir="reports/qc"),
+        evaluate=SimpleNamespace(ci_level=0.9),
+        synthesize=SimpleNamespace(report_dir="reports/synthetic"),
+        scaling=SimpleNamespace(out_dir="reports/scaling"),
     )
     args = build_parser().parse_args(["report"])
     report.run(settings, args)  # type: ignore[arg-type]

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from neurotransfer import paths
 from neurotransfer.config import (
     EvaluateSettings,
     FinetuneSettings,
@@ -375,11 +376,11 @@ def combine_folds(folds: list[FoldPredictions]) -> FoldPredictions:
 
 def evaluate_task(settings: Settings, task_name: str, root: Path = Path(".")) -> TaskEvaluation:
     from neurotransfer.train.checkpoint import load_fold_models
-    from neurotransfer.train.finetune import FINETUNED_DIR, task_datamodule, task_settings
+    from neurotransfer.train.finetune import task_datamodule, task_settings
 
     task = task_settings(settings, task_name)
     ev = settings.evaluate
-    fold_models, meta = load_fold_models(root / FINETUNED_DIR / task_name)
+    fold_models, meta = load_fold_models(paths.finetuned_dir(task_name, root))
     check_models_match_settings(meta, settings.finetune, task_name, settings.data.splits)
     seed_values = [model.seed for model in fold_models[0]]
     device = str(resolve_device(settings.finetune.accelerator, "finetune.accelerator"))

@@ -21,10 +21,12 @@ from typing import Any, Protocol
 import pandas as pd
 import yaml
 
+from neurotransfer import paths
+
 log = logging.getLogger(__name__)
 
-METRICS_DIR = "metrics/eval"
-PREDICTIONS = "reports/eval/{task}/predictions.csv"
+METRICS_DIR = paths.EVAL_METRICS_DIR.as_posix()
+PREDICTIONS = (paths.EVAL_REPORT_DIR / "{task}" / "predictions.csv").as_posix()
 # One column per fine-tuning seed when the evaluate stage scored several (k: the seed value);
 # `prediction` is then their mean. Without such columns the revision has one seed.
 SEED_COLUMN = re.compile(r"^prediction_seed(-?\d+)$")

@@ -20,10 +20,9 @@ from collections import Counter
 from pathlib import Path
 
 from neurotransfer.config import Settings, SettingsError
+from neurotransfer.paths import COHORT_METRICS
 
 log = logging.getLogger(__name__)
-
-METRICS_PATH = Path("metrics/cohort.json")
 
 
 def phantom_readers(settings: Settings) -> list[str]:
@@ -43,7 +42,7 @@ def _skip(settings: Settings, reason: str) -> None:
     cohort = settings.cohort
     assert cohort is not None
     write_skipped_notes((cohort.out_dir, cohort.truth_dir, cohort.report_dir), "cohort", reason)
-    write_json_atomic(METRICS_PATH, {"skipped": reason})
+    write_json_atomic(COHORT_METRICS, {"skipped": reason})
     log.warning("cohort skipped: %s", reason)
 
 
@@ -100,7 +99,7 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
         "total_seconds": round(time.perf_counter() - start, 2),
         "workers": cohort.workers,
     }
-    write_json_atomic(METRICS_PATH, metrics)
+    write_json_atomic(COHORT_METRICS, metrics)
     log.info(
         "cohort: %d subjects over %d sites in %.1f s (written to %s)",
         metrics["n_subjects"],

@@ -6,8 +6,7 @@ import argparse
 from pathlib import Path
 
 from neurotransfer.config import Settings
-
-REPORT_DIR = Path("reports/eval")
+from neurotransfer.paths import eval_metrics, eval_report_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +24,7 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
     result = evaluate_task(settings, args.task, Path("."))
 
     # Reports are written to a temporary sibling and renamed into place as a whole.
-    with atomic_directory(REPORT_DIR / args.task) as tmp:
+    with atomic_directory(eval_report_dir(args.task)) as tmp:
         result.predictions.to_csv(tmp / "predictions.csv", index=False)
         scored = result.predictions[result.predictions["split"].isin(["test", "ood_test"])]
         for plot, per_split in plot_tables(scored, task.kind).items():
@@ -34,4 +33,4 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
                     table = table[["fpr", "tpr"]]  # the first threshold is +inf
                 table.to_csv(tmp / f"{plot}_{split}.csv", index=False)
         save_figures(scored, task.kind, tmp)
-    write_json_atomic(Path("metrics/eval") / f"{args.task}.json", json_ready(result.metrics))
+    write_json_atomic(eval_metrics(args.task), json_ready(result.metrics))

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from neurotransfer.config import Settings
+from neurotransfer.paths import finetune_metrics
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,4 +21,4 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
     metrics = run_finetune(settings, args.task, Path("."))
     if metrics is None:  # a DDP process other than global zero: rank 0 writes
         return
-    write_json_atomic(Path("metrics/finetune") / f"{args.task}.json", metrics)
+    write_json_atomic(finetune_metrics(args.task), metrics)

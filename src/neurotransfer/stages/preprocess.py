@@ -6,8 +6,7 @@ import argparse
 from pathlib import Path
 
 from neurotransfer.config import Settings
-
-METRICS_PATH = Path("metrics/preprocess.json")
+from neurotransfer.paths import PREPROCESS_METRICS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,4 +27,4 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
         metrics = run_preprocess(settings.data, Path("."), progress=not args.no_progress)
     except (DatasetError, SplitError) as err:
         raise SettingsError(str(err)) from err
-    write_json_atomic(METRICS_PATH, metrics)
+    write_json_atomic(PREPROCESS_METRICS, metrics)

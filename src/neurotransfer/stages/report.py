@@ -11,10 +11,7 @@ import argparse
 from pathlib import Path
 
 from neurotransfer.config import Settings
-
-SUMMARY = Path("reports/summary.md")
-SYNTHETIC_DIR = "reports/synthetic"
-SCALING_DIR = "reports/scaling"
+from neurotransfer.paths import SUMMARY, SYNTHETIC_REPORT_DIR
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,12 +51,17 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
     text = summary_markdown(
         experiments,
         root,
-        {"QC montages": settings.data.qc_dir, "Synthetic data": SYNTHETIC_DIR},
+        {"QC montages": settings.data.qc_dir, "Synthetic data": synthetic_report_dir(settings)},
         settings.evaluate.ci_level,
         # The data-scaling curves belong to this workspace's experiment only.
-        scaling_dir=None if args.revs else SCALING_DIR,
+        scaling_dir=None if args.revs else settings.scaling.out_dir,
     )
     if args.output == "-":
         print(text, end="")
     else:
         write_text_atomic(Path(args.output), text)
+
+
+def synthetic_report_dir(settings: Settings) -> str:
+    """Where ``synthesize`` put its pictures (the default when it is not configured)."""
+    return settings.synthesize.report_dir if settings.synthesize else SYNTHETIC_REPORT_DIR

@@ -29,6 +29,7 @@ import torch
 
 from neurotransfer.config import FinetuneSettings, Settings, SettingsError, TaskSettings
 from neurotransfer.data.manifest import manifest_path, require_manifest
+from neurotransfer.paths import finetune_log_dir, finetuned_dir
 from neurotransfer.process_guard import die_with_parent
 from neurotransfer.train.checkpoint import (
     SeedModel,
@@ -47,8 +48,6 @@ if TYPE_CHECKING:
     from neurotransfer.data import TaskDataModule
 
 log = logging.getLogger(__name__)
-
-FINETUNED_DIR = Path("models/finetuned")
 
 
 def task_settings(settings: Settings, task_name: str) -> TaskSettings:
@@ -210,11 +209,6 @@ MEMBER_LOGS = "members"
 FOLD_LOGS = "folds"
 
 
-def task_log_dir(root: Path, task_name: str) -> Path:
-    """The dvclive folder ``dvc.yaml`` declares for the task (the first seed's first model)."""
-    return root / "dvclive" / "finetune" / task_name
-
-
 def model_log_dir(
     root: Path,
     task_name: str,
@@ -227,7 +221,7 @@ def model_log_dir(
     declares, seed index i > 0 in ``seeds/seed<value>/`` beneath it; within a seed, ensemble
     member 0 logs in the seed's folder and member m > 0 in ``members/<m>/`` beneath that.
     Cross-validation folds f > 0 have the same layout under ``folds/fold<f>/``."""
-    folder = task_log_dir(root, task_name)
+    folder = finetune_log_dir(task_name, root)
     if fold:
         folder = folder / FOLD_LOGS / fold_dir(fold)
     if seed_index > 0:
@@ -421,7 +415,7 @@ def run_finetune(
     # Logs of an earlier run with more seeds, members or folds. ignore_errors: under DDP every
     # process gets here.
     for stale in (SEED_LOGS, MEMBER_LOGS, FOLD_LOGS):
-        shutil.rmtree(task_log_dir(root, task_name) / stale, ignore_errors=True)
+        shutil.rmtree(finetune_log_dir(task_name, root) / stale, ignore_errors=True)
     clock = time.perf_counter()
     fold_runs = train_all_seeds(settings, task_name, root, folds)
     wall_seconds = time.perf_counter() - clock
@@ -453,7 +447,7 @@ def run_finetune(
         ]
         for runs in fold_runs
     ]
-    directory = root / FINETUNED_DIR / task_name
+    directory = finetuned_dir(task_name, root)
     if folds == [None]:
         save_seed_models(fold_models[0], directory, run_meta)
     else:
