@@ -13,12 +13,16 @@ import yaml
 
 from neurotransfer.cli import main
 from neurotransfer.compose import compose_params
-from neurotransfer.config import ExperimentSettings, SettingsError, settings_from_dict
+from neurotransfer.config import (
+    ExperimentSettings,
+    SettingsError,
+    settings_from_dict,
+    split_values,
+)
 from neurotransfer.sweep import (
     expand_grid,
     experiment_names,
     load_experiment,
-    split_values,
     validate_point,
 )
 from tests.helpers import BIN, dvc_experiments, make_project_copy, run

@@ -1027,6 +1027,37 @@ class ConditionalOverrides(Strict):
     add: list[str] = Field(min_length=1)
 
 
+def split_values(text: str) -> list[str]:
+    """Split ``a,b,[c,d],'e,f'`` on the commas outside brackets and quotes (Hydra's sweep)."""
+    values, depth, quote, current = [], 0, "", []
+    for char in text:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        elif char == "," and depth == 0:
+            values.append("".join(current).strip())
+            current = []
+            continue
+        current.append(char)
+    values.append("".join(current).strip())
+    if any(not v for v in values):
+        raise SettingsError(f"sweep override {text!r} has an empty value")
+    return values
+
+
+def parse_override(text: str) -> tuple[str, list[str]]:
+    """A sweep entry ``key=v1,v2`` as ``(key, [v1, v2])``; the grammar ``experiment.sweep`` uses."""
+    key, sep, values = text.partition("=")
+    if not sep or not key.strip():
+        raise SettingsError(f"sweep override {text!r} is not key=value[,value...]")
+    return key.strip(), split_values(values)
+
+
 class ExperimentSettings(Strict):
     """A study grid (``conf/experiment/<name>.yaml``, selected with ``-S experiment=<name>``).
 
@@ -1056,8 +1087,6 @@ class ExperimentSettings(Strict):
     def _conditions_match_the_grid(self) -> ExperimentSettings:
         # A condition on a key the sweep does not vary, or on a value it never takes, matches no
         # grid point: the exclusion or extra would silently do nothing.
-        from neurotransfer.sweep import parse_override  # imports this module
-
         axes = dict(parse_override(entry) for entry in self.sweep)
         rules = [(f"exclude[{i}]", rule) for i, rule in enumerate(self.exclude)]
         rules += [(f"extra[{i}].when", extra.when) for i, extra in enumerate(self.extra)]

@@ -26,7 +26,12 @@ from pathlib import Path
 
 import yaml
 
-from neurotransfer.config import ExperimentSettings, SettingsError, settings_from_dict
+from neurotransfer.config import (
+    ExperimentSettings,
+    SettingsError,
+    parse_override,
+    settings_from_dict,
+)
 
 CONF_DIR = Path("conf")
 EXPERIMENT_GROUP = "experiment"
@@ -36,36 +41,6 @@ EXPERIMENT_GROUP = "experiment"
 class GridPoint:
     name: str  # the `dvc exp` name
     overrides: tuple[str, ...]  # -S values after `experiment=<name>`, in order
-
-
-def split_values(text: str) -> list[str]:
-    """Split ``a,b,[c,d],'e,f'`` on the commas outside brackets and quotes (Hydra's sweep)."""
-    values, depth, quote, current = [], 0, "", []
-    for char in text:
-        if quote:
-            quote = "" if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char in "[{(":
-            depth += 1
-        elif char in "]})":
-            depth -= 1
-        elif char == "," and depth == 0:
-            values.append("".join(current).strip())
-            current = []
-            continue
-        current.append(char)
-    values.append("".join(current).strip())
-    if any(not v for v in values):
-        raise SettingsError(f"sweep override {text!r} has an empty value")
-    return values
-
-
-def parse_override(text: str) -> tuple[str, list[str]]:
-    key, sep, values = text.partition("=")
-    if not sep or not key.strip():
-        raise SettingsError(f"sweep override {text!r} is not key=value[,value...]")
-    return key.strip(), split_values(values)
 
 
 def _slug(key: str, value: str) -> str:
