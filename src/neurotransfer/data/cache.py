@@ -18,20 +18,10 @@ import numpy as np
 import pandas as pd
 
 from neurotransfer.config import PreprocessSettings
+from neurotransfer.data.ingest import SCAN_LABEL_COLUMNS
 
 # DESIGN.md's manifest columns, in order; extra columns follow them.
-MANIFEST_COLUMNS = [
-    "subject_id",
-    "dataset",
-    "site",
-    "role",
-    "age",
-    "sex",
-    "diagnosis",
-    "split",
-    "path",
-    "exclusion_reason",
-]
+MANIFEST_COLUMNS = ["subject_id", *SCAN_LABEL_COLUMNS, "split", "path", "exclusion_reason"]
 TEXT_COLUMNS = (
     "subject_id",
     "dataset",

@@ -30,18 +30,9 @@ from neurotransfer.config import (
 # Values real participants tables use for "unknown" (BIDS says n/a).
 MISSING_MARKERS = {"", "n/a", "na", "nan", "none", "null", "?", "-", "unknown"}
 T1W_PATTERN = re.compile(r"^(sub-[A-Za-z0-9]+)((?:_[a-z]+-[A-Za-z0-9]+)*)_T1w\.nii(\.gz)?$")
-SCAN_COLUMNS = [
-    "subject_id",
-    "scan_id",
-    "dataset",
-    "site",
-    "role",
-    "age",
-    "sex",
-    "diagnosis",
-    "source_path",
-    "exclusion_reason",
-]
+# What every scan is labelled with, in this order in the scan table and the manifest alike.
+SCAN_LABEL_COLUMNS = ["dataset", "site", "role", "age", "sex", "diagnosis"]
+SCAN_COLUMNS = ["subject_id", "scan_id", *SCAN_LABEL_COLUMNS, "source_path", "exclusion_reason"]
 
 
 class DatasetError(ValueError):
