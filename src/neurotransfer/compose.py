@@ -14,6 +14,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from neurotransfer.text_output import write_text_output
+
 
 def compose_params(overrides: Sequence[str] = (), conf_dir: str | Path = "conf") -> str:
     """Return the YAML text DVC would write to params.yaml for these Hydra overrides."""
@@ -38,10 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="params.yaml", help="file to write ('-' for stdout)")
     args = parser.parse_args(argv)
     text = compose_params(args.overrides, args.conf)
-    if args.out == "-":
-        sys.stdout.write(text)
-    else:
-        Path(args.out).write_text(text, encoding="utf-8")
+    write_text_output(text, args.out)
     return 0
 
 

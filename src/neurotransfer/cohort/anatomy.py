@@ -179,79 +179,111 @@ def _load_templates(resolution_mm: int) -> dict[str, object]:
     }
 
 
-@functools.lru_cache(maxsize=2)
-def build_anatomy(resolution_mm: int = 2) -> Anatomy:
-    """Load the templates and derive every template-space map the generator needs.
-
-    Cached per process and read-only: the stage builds it once; forked workers share it.
-    """
+def _template_tissues(
+    resolution_mm: int,
+) -> tuple[NDArray[np.float64], FloatArray, FloatArray, FloatArray]:
+    """The templates' affine and their grey matter, white matter and brain on the full grid."""
     images = _load_templates(resolution_mm)
     full_affine = np.asarray(images["gm"].affine, dtype=np.float64)  # type: ignore[attr-defined]
     res = float(resolution_mm)
     if not np.allclose(full_affine[:3, :3], np.eye(3) * res):
         raise RuntimeError(f"MNI152 template affine is not axis-aligned RAS at {res} mm")
     raw = {k: img.get_fdata(dtype=np.float32) for k, img in images.items()}  # type: ignore[attr-defined]
-    full_shape = raw["gm"].shape
-
     gm = np.clip(raw["gm"], 0.0, 1.0)
     wm = np.clip(raw["wm"], 0.0, 1.0)
     # the GM template reaches slightly beyond the binary mask: the brain is their union
     brain = np.clip(np.maximum(raw["mask"], gm + wm), 0.0, 1.0)
+    return full_affine, gm, wm, brain
 
-    # crop to the head (brain + scalp layers + margin for deformation and blur)
+
+def _head_crop(brain: FloatArray, full_shape: tuple[int, ...], res: float) -> Box:
+    """The head on the full grid: the brain, its scalp layers and a margin for deformation and
+    blur."""
     margin = int(np.ceil((max(far for _, far in SCALP_LAYERS_MM.values()) + 8.0) / res))
     head = _bounding_box(brain > 0.01)
-    crop = tuple(
+    return tuple(  # type: ignore[return-value]
         slice(max(s.start - margin, 0), min(s.stop + margin, n))
         for s, n in zip(head, full_shape, strict=True)
     )
-    offset = np.array([s.start for s in crop])
-    affine = full_affine.copy()
-    affine[:3, 3] += res * offset
-    gm, wm, brain = (np.ascontiguousarray(a[crop]) for a in (gm, wm, brain))
-    shape = gm.shape
-    axis_mm = tuple(affine[i, 3] + res * np.arange(shape[i]) for i in range(3))
 
+
+def _scalp_layers(brain: FloatArray, res: float) -> dict[str, FloatArray]:
+    """Each of `SCALP_LAYERS_MM`, soft-edged, outside the brain."""
     outside_mm = ndimage.distance_transform_edt(brain < 0.5, sampling=res)
     layers = {}
     for name, (near, far) in SCALP_LAYERS_MM.items():
         layer = ((outside_mm > near) & (outside_mm <= far)).astype(np.float32)
         layers[name] = ndimage.gaussian_filter(layer, sigma=1.0 / res) * (1.0 - brain)
+    return layers
+
+
+def _ventricle_growth_distance(
+    csf: FloatArray, ventricles: FloatArray, envelope: FloatArray, res: float
+) -> FloatArray:
+    """Distance (mm) from the ventricles (the CSF inside their ellipsoids) within the
+    `envelope` they may grow into; infinite elsewhere."""
+    core = (csf > 0.5) & (ventricles > 0.5)
+    growth_distance = ndimage.distance_transform_edt(~core, sampling=res).astype(np.float32)
+    # ventricles grow into the envelope only; the core itself is already ventricle
+    growth_distance[(envelope <= 0.0) | core] = np.inf
+    return growth_distance
+
+
+def _region_labels_full(
+    weights: dict[str, FloatArray], full_shape: tuple[int, ...], crop: Box
+) -> NDArray[np.uint8]:
+    """`REGION_LABELS` on the full template grid (where regions overlap, the first one's)."""
+    labels_full = np.zeros(full_shape, dtype=np.uint8)
+    labels = labels_full[crop]  # a view: filled in place
+    for name, w in weights.items():
+        labels[(w > 0.5) & (labels == 0)] = REGION_LABELS[name]
+    return labels_full
+
+
+def _make_read_only(anatomy: Anatomy) -> None:
+    """Lock every array of `anatomy`: it is cached and shared (also by forked workers)."""
+    for f in fields(anatomy):
+        value = getattr(anatomy, f.name)
+        arrays = value.values() if isinstance(value, dict) else [value]
+        for array in arrays:
+            if isinstance(array, np.ndarray):
+                array.flags.writeable = False
+
+
+@functools.lru_cache(maxsize=2)
+def build_anatomy(resolution_mm: int = 2) -> Anatomy:
+    """Load the templates and derive every template-space map the generator needs.
+
+    Cached per process and read-only: the stage builds it once; forked workers share it.
+    """
+    res = float(resolution_mm)
+    full_affine, gm, wm, brain = _template_tissues(resolution_mm)
+    full_shape = gm.shape
+    crop = _head_crop(brain, full_shape, res)
+    affine = full_affine.copy()
+    affine[:3, 3] += res * np.array([s.start for s in crop])
+    gm, wm, brain = (np.ascontiguousarray(a[crop]) for a in (gm, wm, brain))
+    axis_mm = tuple(affine[i, 3] + res * np.arange(gm.shape[i]) for i in range(3))
 
     weights = {name: ellipsoid_weight(axis_mm, e, edge_mm=res) for name, e in REGIONS.items()}
     non_cortical = np.maximum.reduce([weights[n] for n in REGIONS if n != "ventricles"])
     envelope = ellipsoid_weight(
         axis_mm, _enlarged(REGIONS["ventricles"], MAX_VENTRICLE_EXPANSION_MM), edge_mm=res
     )
-    csf = brain - gm - wm
-    core = (csf > 0.5) & (weights["ventricles"] > 0.5)
-    growth_distance = ndimage.distance_transform_edt(~core, sampling=res).astype(np.float32)
-    # ventricles grow into the envelope only; the core itself is already ventricle
-    growth_distance[(envelope <= 0.0) | core] = np.inf
-
     effect_regions = {
         "medial_temporal": weights["medial_temporal"],
         "putamen": weights["putamen"],
         "midbrain": weights["midbrain"],
         "ventricles": envelope,
     }
-    boxes = {name: _bounding_box(w > 0.0) for name, w in effect_regions.items()}
-
-    labels_full = np.zeros(full_shape, dtype=np.uint8)
-    labels = labels_full[crop]  # a view: filled in place
-    for name, w in weights.items():
-        labels[(w > 0.5) & (labels == 0)] = REGION_LABELS[name]
-
+    layers = _scalp_layers(brain, res)
     fov_lower = full_affine[:3, 3].copy()
-    fov_upper = fov_lower + res * (np.asarray(full_shape) - 1)
-    centre = affine[:3, 3] + res * np.argwhere(brain > 0.5).mean(axis=0)
-
     anatomy = Anatomy(
         resolution_mm=res,
         affine=affine,
         fov_lower_mm=fov_lower,
-        fov_upper_mm=fov_upper,
-        centre_mm=centre,
+        fov_upper_mm=fov_lower + res * (np.asarray(full_shape) - 1),
+        centre_mm=affine[:3, 3] + res * np.argwhere(brain > 0.5).mean(axis=0),
         gm=gm,
         wm=wm,
         brain=brain,
@@ -260,15 +292,12 @@ def build_anatomy(resolution_mm: int = 2) -> Anatomy:
         scalp=layers["scalp"],
         cortex=(1.0 - non_cortical).astype(np.float32),
         regions=effect_regions,
-        region_boxes=boxes,
-        ventricle_growth_distance_mm=growth_distance,
+        region_boxes={name: _bounding_box(w > 0.0) for name, w in effect_regions.items()},
+        ventricle_growth_distance_mm=_ventricle_growth_distance(
+            brain - gm - wm, weights["ventricles"], envelope, res
+        ),
         full_affine=full_affine,
-        region_labels_full=labels_full,
+        region_labels_full=_region_labels_full(weights, full_shape, crop),
     )
-    for f in fields(anatomy):
-        value = getattr(anatomy, f.name)
-        arrays = value.values() if isinstance(value, dict) else [value]
-        for array in arrays:
-            if isinstance(array, np.ndarray):
-                array.flags.writeable = False
+    _make_read_only(anatomy)
     return anatomy

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import nibabel as nib
 import numpy as np
@@ -64,6 +64,15 @@ class SubjectPlan:
     montage: bool  # whether its slices go into the site's montage
 
 
+class _Demographics(NamedTuple):
+    """A subject's draws, before the shuffle gives it a number."""
+
+    site: str
+    age: float
+    sex: str
+    diagnosis: str
+
+
 def _stable_key(name: str) -> int:
     return zlib.crc32(name.encode("utf-8"))
 
@@ -81,7 +90,7 @@ def plan_cohort(cohort: CohortSettings) -> list[SubjectPlan]:
     for dataset, spec in cohort.datasets.items():
         rng = np.random.default_rng([cohort.seed, _stable_key(dataset)])
         n_sites = len(spec.sites)
-        rows: list[tuple[str, float, str, str]] = []
+        rows: list[_Demographics] = []
         for k, site_name in enumerate(spec.sites):
             site = cohort.sites[site_name]
             n_site = spec.n_subjects // n_sites + (k < spec.n_subjects % n_sites)
@@ -104,25 +113,30 @@ def plan_cohort(cohort: CohortSettings) -> list[SubjectPlan]:
             for age, sex, diagnosis in zip(ages, sexes, diagnoses, strict=True):
                 # ages as a participants table gives them: 0.1 year (the truth uses the same)
                 rows.append(
-                    (site_name, round(float(np.clip(age, low, high)), 1), str(sex), str(diagnosis))
+                    _Demographics(
+                        site_name,
+                        round(float(np.clip(age, low, high)), 1),
+                        str(sex),
+                        str(diagnosis),
+                    )
                 )
         order = rng.permutation(len(rows))
         width = max(4, len(str(spec.n_subjects)))
         for index, row_index in enumerate(order):
-            site_name, age, sex, diagnosis = rows[row_index]
+            person = rows[row_index]
             participant = f"sub-{dataset}{index + 1:0{width}d}"
-            suffix = ".nii.gz" if cohort.sites[site_name].compressed else ".nii"
-            montage = montage_count[site_name] < MONTAGE_SUBJECTS_PER_SITE
-            montage_count[site_name] += montage
+            suffix = ".nii.gz" if cohort.sites[person.site].compressed else ".nii"
+            montage = montage_count[person.site] < MONTAGE_SUBJECTS_PER_SITE
+            montage_count[person.site] += montage
             plans.append(
                 SubjectPlan(
                     dataset=dataset,
                     index=index,
                     participant_id=participant,
-                    site=site_name,
-                    age=age,
-                    sex=sex,
-                    diagnosis=diagnosis,
+                    site=person.site,
+                    age=person.age,
+                    sex=person.sex,
+                    diagnosis=person.diagnosis,
                     relative_path=f"{dataset}/{participant}/anat/{participant}_T1w{suffix}",
                     montage=montage,
                 )

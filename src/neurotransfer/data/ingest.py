@@ -26,22 +26,13 @@ from neurotransfer.config import (
     SourceDatasetSettings,
     safe_file_name_problem,
 )
+from neurotransfer.data.manifest import SCAN_LABEL_COLUMNS
 
 # Values real participants tables use for "unknown" (BIDS says n/a).
 MISSING_MARKERS = {"", "n/a", "na", "nan", "none", "null", "?", "-", "unknown"}
 T1W_PATTERN = re.compile(r"^(sub-[A-Za-z0-9]+)((?:_[a-z]+-[A-Za-z0-9]+)*)_T1w\.nii(\.gz)?$")
-SCAN_COLUMNS = [
-    "subject_id",
-    "scan_id",
-    "dataset",
-    "site",
-    "role",
-    "age",
-    "sex",
-    "diagnosis",
-    "source_path",
-    "exclusion_reason",
-]
+# What every scan is labelled with, in this order in the scan table and the manifest alike.
+SCAN_COLUMNS = ["subject_id", "scan_id", *SCAN_LABEL_COLUMNS, "source_path", "exclusion_reason"]
 
 
 class DatasetError(ValueError):
@@ -175,58 +166,16 @@ def _labels(
     columns = source.columns
     ids = table[columns.participant_id].str.strip()
     labels = pd.DataFrame({"participant_id": ids})
-
     if columns.age is not None:
-        raw_age = table[columns.age].str.strip()
-        age = pd.to_numeric(raw_age.where(~raw_age.map(_is_missing)), errors="coerce")
-        bad = ids[age.isna() & ~raw_age.map(_is_missing)]
-        if len(bad):
-            issues.append(
-                DatasetIssue(
-                    dataset,
-                    "unparseable_age",
-                    f"age is not a number for {len(bad)} participant(s)",
-                    bad.tolist(),
-                )
-            )
-        # An impossible age (-3, 460: a typo, months, a swapped column) must not reach a brain-age
-        # model as a target: it becomes missing, so the scan still serves tasks without age.
-        implausible = age.notna() & ~age.between(bounds.age_min, bounds.age_max)
-        if implausible.any():
-            values = sorted({f"{v:g}" for v in age[implausible]})
-            issues.append(
-                DatasetIssue(
-                    dataset,
-                    "implausible_age",
-                    f"age outside [{bounds.age_min:g}, {bounds.age_max:g}] years "
-                    f"(data.label_bounds) for {int(implausible.sum())} participant(s) "
-                    f"(values {values[:10]}); treated as missing",
-                    ids[implausible].tolist(),
-                )
-            )
-            age = age.where(~implausible)
-        labels["age"] = age.astype(float)
+        labels["age"] = _parse_ages(table[columns.age].str.strip(), ids, bounds, dataset, issues)
     else:
         labels["age"] = np.nan
-
-    code_to_sex = {code: sex for sex, codes in sex_codes.items() for code in codes}
     if columns.sex is not None:
-        raw_sex = table[columns.sex].str.strip()
-        labels["sex"] = raw_sex.map(lambda v: code_to_sex.get(v, code_to_sex.get(v.lower())))
-        unknown = raw_sex[labels["sex"].isna() & ~raw_sex.map(_is_missing)]
-        if len(unknown):
-            issues.append(
-                DatasetIssue(
-                    dataset,
-                    "unknown_sex_code",
-                    f"sex code(s) {sorted(set(unknown))} are not in the sex codes "
-                    f"{code_to_sex and sorted(code_to_sex)}; sex left empty",
-                    ids[unknown.index].tolist(),
-                )
-            )
+        labels["sex"] = _parse_sexes(
+            table[columns.sex].str.strip(), ids, sex_codes, dataset, issues
+        )
     else:
         labels["sex"] = None
-
     if columns.diagnosis is not None:
         raw_dx = table[columns.diagnosis].str.strip()
         labels["diagnosis"] = raw_dx.map(
@@ -234,9 +183,101 @@ def _labels(
         )
     else:
         labels["diagnosis"] = None
+    _add_sites(labels, table, source, ids, dataset, issues)
 
-    if columns.site is not None and columns.site in table.columns:
-        raw_site = table[columns.site].str.strip()
+    missing = ids[labels["age"].isna() | labels["sex"].isna()]
+    if len(missing):
+        issues.append(
+            DatasetIssue(
+                dataset,
+                "missing_labels",
+                f"{len(missing)} participant(s) lack age or sex (kept; tasks "
+                "needing the label skip them)",
+                missing.tolist(),
+            )
+        )
+    return labels
+
+
+def _unparsed(raw: pd.Series, parsed: pd.Series) -> pd.Series:
+    """True where a value was given (not a missing marker) but could not be parsed."""
+    return parsed.isna() & ~raw.map(_is_missing)
+
+
+def _parse_ages(
+    raw_age: pd.Series,
+    ids: pd.Series,
+    bounds: LabelBounds,
+    dataset: str,
+    issues: list[DatasetIssue],
+) -> pd.Series:
+    """Ages as floats: missing markers, unparseable and implausible values become NaN."""
+    age = pd.to_numeric(raw_age.where(~raw_age.map(_is_missing)), errors="coerce")
+    bad = ids[_unparsed(raw_age, age)]
+    if len(bad):
+        issues.append(
+            DatasetIssue(
+                dataset,
+                "unparseable_age",
+                f"age is not a number for {len(bad)} participant(s)",
+                bad.tolist(),
+            )
+        )
+    # An impossible age (-3, 460: a typo, months, a swapped column) must not reach a brain-age
+    # model as a target: it becomes missing, so the scan still serves tasks without age.
+    implausible = age.notna() & ~age.between(bounds.age_min, bounds.age_max)
+    if implausible.any():
+        values = sorted({f"{v:g}" for v in age[implausible]})
+        issues.append(
+            DatasetIssue(
+                dataset,
+                "implausible_age",
+                f"age outside [{bounds.age_min:g}, {bounds.age_max:g}] years "
+                f"(data.label_bounds) for {int(implausible.sum())} participant(s) "
+                f"(values {values[:10]}); treated as missing",
+                ids[implausible].tolist(),
+            )
+        )
+        age = age.where(~implausible)
+    return age.astype(float)
+
+
+def _parse_sexes(
+    raw_sex: pd.Series,
+    ids: pd.Series,
+    sex_codes: dict[str, list[str]],
+    dataset: str,
+    issues: list[DatasetIssue],
+) -> pd.Series:
+    """Sex codes mapped through `sex_codes` (exactly, else lower-cased); unknown ones empty."""
+    code_to_sex = {code: sex for sex, codes in sex_codes.items() for code in codes}
+    sexes = raw_sex.map(lambda v: code_to_sex.get(v, code_to_sex.get(v.lower())))
+    unknown = _unparsed(raw_sex, sexes)
+    if unknown.any():
+        issues.append(
+            DatasetIssue(
+                dataset,
+                "unknown_sex_code",
+                f"sex code(s) {sorted(set(raw_sex[unknown]))} are not in the sex codes "
+                f"{code_to_sex and sorted(code_to_sex)}; sex left empty",
+                ids[unknown].tolist(),
+            )
+        )
+    return sexes
+
+
+def _add_sites(
+    labels: pd.DataFrame,
+    table: pd.DataFrame,
+    source: SourceDatasetSettings,
+    ids: pd.Series,
+    dataset: str,
+    issues: list[DatasetIssue],
+) -> None:
+    """The ``site`` column: the table's, else ``default_site``; 'unknown' where neither has one."""
+    site_column = source.columns.site
+    if site_column is not None and site_column in table.columns:
+        raw_site = table[site_column].str.strip()
         labels["site"] = raw_site.map(lambda v: source.default_site if _is_missing(v) else v)
     else:
         labels["site"] = source.default_site
@@ -251,19 +292,6 @@ def _labels(
             )
         )
         labels["site"] = labels["site"].fillna("unknown")
-
-    missing = ids[labels["age"].isna() | labels["sex"].isna()]
-    if len(missing):
-        issues.append(
-            DatasetIssue(
-                dataset,
-                "missing_labels",
-                f"{len(missing)} participant(s) lack age or sex (kept; tasks "
-                "needing the label skip them)",
-                missing.tolist(),
-            )
-        )
-    return labels
 
 
 def _with_sub_prefix(ids: pd.Series, dataset: str, issues: list[DatasetIssue]) -> pd.Series:
@@ -390,6 +418,186 @@ def _reference_folder(path: Path, dataset_folder: Path, csv_folder: Path | None)
     return Path(os.path.realpath(listed.parent))
 
 
+@dataclass
+class _LocatedScans:
+    """A dataset's labels matched to its images, before any scan is checked."""
+
+    labels: pd.DataFrame  # one row per participant
+    images: dict[str, list[tuple[str, Path | None]]]  # participant id -> [(scan id, path)]
+    conflicts: dict[str, str]  # participant id -> why all its scans are excluded
+    dataset_folder: Path  # resolved; see `_reference_folder`
+    csv_folder: Path | None  # the CSV's folder; None for BIDS
+
+
+def _table_location(name: str, source: SourceDatasetSettings, root: Path) -> tuple[Path, Path]:
+    """The dataset's path (relative ones under `root`) and its participants table."""
+    base = Path(source.path)
+    base = base if base.is_absolute() else root / base
+    if source.format != "bids":
+        return base, base
+    if not base.is_dir():
+        raise DatasetError(f"dataset {name!r}: BIDS folder {base} not found")
+    return base, base / "participants.tsv"
+
+
+def _locate_bids_scans(
+    labels: pd.DataFrame, base: Path, table_path: Path, name: str, issues: list[DatasetIssue]
+) -> _LocatedScans:
+    """Participants matched to the images in their ``sub-<id>`` folders."""
+    labels["participant_id"] = _with_sub_prefix(labels["participant_id"], name, issues)
+    labels, conflicts = _deduplicate(labels, name, table_path, issues)
+    images = _find_bids_images(base, name, issues)
+    return _LocatedScans(labels, images, conflicts, Path(os.path.realpath(base)), None)
+
+
+def _locate_csv_scans(
+    labels: pd.DataFrame, paths: pd.Series, table_path: Path, name: str, issues: list[DatasetIssue]
+) -> _LocatedScans:
+    """Participants matched to the images their rows list; each repeated row is another scan."""
+    images = _csv_images(labels, paths, table_path)
+    for pid, scans in images.items():
+        if len(scans) > 1:
+            issues.append(
+                DatasetIssue(
+                    name,
+                    "multiple_scans",
+                    f"{pid} has {len(scans)} rows in {table_path}; each is kept as its own scan",
+                    [pid],
+                )
+            )
+    return _LocatedScans(
+        labels.drop_duplicates("participant_id", keep="first"),
+        images,
+        {},
+        Path(os.path.realpath(table_path.parent)),
+        table_path.parent,
+    )
+
+
+@dataclass
+class _ScanChecker:
+    """Why each scan is excluded; remembers the scans to report as unsafe or external."""
+
+    source: SourceDatasetSettings
+    table_path: Path
+    dataset_folder: Path
+    csv_folder: Path | None
+    unsafe: list[str] = field(default_factory=list)  # scan ids that cannot name a cache file
+    # scan ids reached through a symlink out of their reference folder: followed, or excluded
+    # (follow_external_symlinks: false)
+    followed: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+
+    def problem(self, scan_id: str, path: Path | None) -> str:
+        """Why this scan is excluded ('' when it is usable); external symlinks are recorded."""
+        source, table_path = self.source, self.table_path
+        if problem := safe_file_name_problem(source.id_prefix + scan_id):
+            self.unsafe.append(scan_id)
+            return (
+                f"{source.id_prefix + scan_id!r}: unsafe id for a cache file name ({problem}; "
+                f"rename it in {table_path.name})"
+            )
+        if path is None:
+            return f"{table_path}: no image path given (row of {scan_id})"
+        reason, external = _image_problem(
+            path,
+            _reference_folder(path, self.dataset_folder, self.csv_folder),
+            source.follow_external_symlinks,
+        )
+        if external:
+            (self.followed if not reason else self.refused).append(scan_id)
+        if reason and source.format == "csv" and "does not exist" in reason:
+            reason += f" (listed in {table_path.name})"
+        return reason
+
+    def issues(self, name: str) -> list[DatasetIssue]:
+        """The unsafe ids and external symlinks met by `problem`, as issues."""
+        found: list[DatasetIssue] = []
+        if self.unsafe:
+            found.append(
+                DatasetIssue(
+                    name,
+                    "unsafe_ids",
+                    f"{len(self.unsafe)} id(s) in {self.table_path.name} cannot name a cache "
+                    "file (allowed: letters, digits, '.', '_', '-'; no leading '.', no '..'); "
+                    "those scans are excluded",
+                    self.unsafe,
+                )
+            )
+        if self.followed or self.refused:
+            found.append(
+                DatasetIssue(
+                    name,
+                    "external_symlink",
+                    f"{len(self.followed) + len(self.refused)} scan(s) are symlinks to files "
+                    f"outside {self.dataset_folder}: "
+                    + (
+                        "followed (follow_external_symlinks: true)"
+                        if self.followed
+                        else "excluded (set follow_external_symlinks: true to use them)"
+                    ),
+                    self.followed + self.refused,
+                )
+            )
+        return found
+
+
+def _participant_rows(
+    name: str,
+    source: SourceDatasetSettings,
+    by_id: pd.DataFrame,
+    located: _LocatedScans,
+    base: Path,
+    checker: _ScanChecker,
+) -> list[dict[str, object]]:
+    """One row per scan of each participant in the table; one excluded row for those without."""
+    rows: list[dict[str, object]] = []
+    for pid, row in by_id.iterrows():
+        scans = located.images.get(str(pid), [])
+        if not scans:
+            rows.append(
+                {
+                    **_row(name, source, str(pid), str(pid), row, ""),
+                    "exclusion_reason": f"no T1w image found for {pid} in {base}",
+                }
+            )
+        for scan_id, path in scans:
+            reason = located.conflicts.get(str(pid), "") or checker.problem(scan_id, path)
+            rows.append(
+                {
+                    **_row(name, source, str(pid), scan_id, row, "" if path is None else str(path)),
+                    "exclusion_reason": reason,
+                }
+            )
+    return rows
+
+
+def _orphan_rows(
+    name: str,
+    source: SourceDatasetSettings,
+    images: dict[str, list[tuple[str, Path | None]]],
+    orphans: list[str],
+    table_path: Path,
+) -> list[dict[str, object]]:
+    """Excluded rows for the scans of subjects the table does not list (no labels)."""
+    return [
+        {
+            "subject_id": source.id_prefix + pid,
+            "scan_id": source.id_prefix + scan_id,
+            "dataset": name,
+            "site": source.default_site or "unknown",
+            "role": source.role,
+            "age": np.nan,
+            "sex": None,
+            "diagnosis": None,
+            "source_path": str(path),
+            "exclusion_reason": f"image has no row in {table_path.name}",
+        }
+        for pid in orphans
+        for scan_id, path in images[pid]
+    ]
+
+
 def ingest_dataset(
     name: str,
     source: SourceDatasetSettings,
@@ -399,88 +607,21 @@ def ingest_dataset(
 ) -> tuple[pd.DataFrame, list[DatasetIssue]]:
     """All scans of one dataset (columns ``SCAN_COLUMNS``) and the problems found in it."""
     issues: list[DatasetIssue] = []
-    base = Path(source.path)
-    base = base if base.is_absolute() else root / base
-    if source.format == "bids":
-        if not base.is_dir():
-            raise DatasetError(f"dataset {name!r}: BIDS folder {base} not found")
-        table_path = base / "participants.tsv"
-    else:
-        table_path = base
+    base, table_path = _table_location(name, source, root)
     table = _read_table(table_path, name)
     _require_columns(table, source, table_path, name)
     labels = _labels(
         table, source, source.sex_codes or sex_codes, bounds or LabelBounds(), name, issues
     )
-    images: dict[str, list[tuple[str, Path | None]]]
     if source.format == "bids":
-        labels["participant_id"] = _with_sub_prefix(labels["participant_id"], name, issues)
-        labels, conflicts = _deduplicate(labels, name, table_path, issues)
-        images = _find_bids_images(base, name, issues)
-        dataset_folder, csv_folder = Path(os.path.realpath(base)), None
+        located = _locate_bids_scans(labels, base, table_path, name, issues)
     else:
-        conflicts = {}
-        images = _csv_images(labels, table[source.columns.path], table_path)
-        dataset_folder = Path(os.path.realpath(table_path.parent))
-        csv_folder = table_path.parent
-        labels = labels.drop_duplicates("participant_id", keep="first")
-        for pid, scans in images.items():
-            if len(scans) > 1:
-                issues.append(
-                    DatasetIssue(
-                        name,
-                        "multiple_scans",
-                        f"{pid} has {len(scans)} rows in {table_path}; each "
-                        "is kept as its own scan",
-                        [pid],
-                    )
-                )
-
-    unsafe: list[str] = []  # scan ids that cannot name a cache file
-    followed: list[str] = []  # scan ids reached through a symlink out of the dataset folder
-    refused: list[str] = []  # the same, excluded (follow_external_symlinks: false)
-
-    def scan_problem(scan_id: str, path: Path | None) -> str:
-        """Why this scan is excluded ('' when it is usable); external symlinks are reported."""
-        if problem := safe_file_name_problem(source.id_prefix + scan_id):
-            unsafe.append(scan_id)
-            return (
-                f"{source.id_prefix + scan_id!r}: unsafe id for a cache file name ({problem}; "
-                f"rename it in {table_path.name})"
-            )
-        if path is None:
-            return f"{table_path}: no image path given (row of {scan_id})"
-        reason, external = _image_problem(
-            path,
-            _reference_folder(path, dataset_folder, csv_folder),
-            source.follow_external_symlinks,
-        )
-        if external:
-            (followed if not reason else refused).append(scan_id)
-        if reason and source.format == "csv" and "does not exist" in reason:
-            reason += f" (listed in {table_path.name})"
-        return reason
-
-    rows: list[dict[str, object]] = []
-    by_id = labels.set_index("participant_id")
-    for pid, row in by_id.iterrows():
-        scans = images.get(str(pid), [])
-        if not scans:
-            rows.append(
-                {
-                    **_row(name, source, str(pid), str(pid), row, ""),
-                    "exclusion_reason": f"no T1w image found for {pid} in {base}",
-                }
-            )
-        for scan_id, path in scans:
-            reason = conflicts.get(str(pid), "") or scan_problem(scan_id, path)
-            rows.append(
-                {
-                    **_row(name, source, str(pid), scan_id, row, "" if path is None else str(path)),
-                    "exclusion_reason": reason,
-                }
-            )
-    no_image = sorted(set(by_id.index) - set(images))
+        paths = table[source.columns.path]
+        located = _locate_csv_scans(labels, paths, table_path, name, issues)
+    checker = _ScanChecker(source, table_path, located.dataset_folder, located.csv_folder)
+    by_id = located.labels.set_index("participant_id")
+    rows = _participant_rows(name, source, by_id, located, base, checker)
+    no_image = sorted(set(by_id.index) - set(located.images))
     if no_image:
         issues.append(
             DatasetIssue(
@@ -491,23 +632,8 @@ def ingest_dataset(
                 no_image,
             )
         )
-    orphans = sorted(set(images) - set(by_id.index))
-    for pid in orphans:
-        for scan_id, path in images[pid]:
-            rows.append(
-                {
-                    "subject_id": source.id_prefix + pid,
-                    "scan_id": source.id_prefix + scan_id,
-                    "dataset": name,
-                    "site": source.default_site or "unknown",
-                    "role": source.role,
-                    "age": np.nan,
-                    "sex": None,
-                    "diagnosis": None,
-                    "source_path": str(path),
-                    "exclusion_reason": f"image has no row in {table_path.name}",
-                }
-            )
+    orphans = sorted(set(located.images) - set(by_id.index))
+    rows += _orphan_rows(name, source, located.images, orphans, table_path)
     if orphans:
         issues.append(
             DatasetIssue(
@@ -518,32 +644,7 @@ def ingest_dataset(
                 orphans,
             )
         )
-    if unsafe:
-        issues.append(
-            DatasetIssue(
-                name,
-                "unsafe_ids",
-                f"{len(unsafe)} id(s) in {table_path.name} cannot name a cache file (allowed: "
-                "letters, digits, '.', '_', '-'; no leading '.', no '..'); those scans are "
-                "excluded",
-                unsafe,
-            )
-        )
-    if followed or refused:
-        issues.append(
-            DatasetIssue(
-                name,
-                "external_symlink",
-                f"{len(followed) + len(refused)} scan(s) are symlinks to files outside "
-                f"{dataset_folder}: "
-                + (
-                    "followed (follow_external_symlinks: true)"
-                    if followed
-                    else "excluded (set follow_external_symlinks: true to use them)"
-                ),
-                followed + refused,
-            )
-        )
+    issues += checker.issues(name)
     frame = pd.DataFrame(rows, columns=SCAN_COLUMNS)
     return frame, issues
 

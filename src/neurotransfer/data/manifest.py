@@ -15,19 +15,10 @@ import pandas as pd
 
 MANIFEST_NAME = "manifest.csv"
 
+# What ingest reads for each scan besides its ids (its scan table has these columns too).
+SCAN_LABEL_COLUMNS = ["dataset", "site", "role", "age", "sex", "diagnosis"]
 # DESIGN.md's manifest columns, in order; extra columns follow them.
-MANIFEST_COLUMNS = [
-    "subject_id",
-    "dataset",
-    "site",
-    "role",
-    "age",
-    "sex",
-    "diagnosis",
-    "split",
-    "path",
-    "exclusion_reason",
-]
+MANIFEST_COLUMNS = ["subject_id", *SCAN_LABEL_COLUMNS, "split", "path", "exclusion_reason"]
 # Read as strings (a missing value is the empty string, never NaN): ids such as "0012" and site
 # names such as "NA" must survive a round trip unchanged.
 TEXT_COLUMNS = (

@@ -488,6 +488,27 @@ def _undetermined(delta: float, se: float, scale: float) -> tuple[float, float, 
     return delta, float("nan"), CONSTANT_SHIFT_NOTE
 
 
+@dataclass(frozen=True)
+class _Verdict:
+    """The difference as reported, its interval and p-value; `note` says why there is none."""
+
+    difference: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    note: str | None
+
+
+def _verdict(delta: float, se: float, df: float, ci_level: float, scale: float) -> _Verdict:
+    """The t rule's interval and p; none (NaN) when `se` is 0 up to rounding (`_undetermined`)."""
+    undetermined = _undetermined(delta, se, scale)
+    if undetermined is None:
+        low, high, p_value = _t_decision(delta, se, df, ci_level)
+        return _Verdict(delta, low, high, p_value, None)
+    difference, p_value, note = undetermined
+    return _Verdict(difference, float("nan"), float("nan"), p_value, note)
+
+
 def _check_level(ci_level: float) -> None:
     if not 0.0 < ci_level < 1.0:
         raise ValueError(f"ci_level must lie strictly between 0 and 1, got {ci_level}")
@@ -577,21 +598,15 @@ def compare_arms(
             None if subject_variance is None else np.asarray(subject_variance, dtype=np.float64),
         )
     )
-    note = None
     scale = float(max(np.abs(arm_a).max(), np.abs(arm_b).max()))
-    undetermined = _undetermined(delta, se, scale)
-    if undetermined is None:
-        low, high, p_value = _t_decision(delta, se, df, ci_level)
-    else:
-        delta, p_value, note = undetermined
-        low = high = float("nan")
+    verdict = _verdict(delta, se, df, ci_level, scale)
     seeds = (arm_b.shape[0],) if deterministic_a else (arm_a.shape[0], arm_b.shape[0])
     method = _method(seeds, seed_sd) + ("; A deterministic" if deterministic_a else "")
     return ArmDifference(
-        difference=delta,
-        ci_low=low,
-        ci_high=high,
-        p_value=p_value,
+        difference=verdict.difference,
+        ci_low=verdict.ci_low,
+        ci_high=verdict.ci_high,
+        p_value=verdict.p_value,
         se=se,
         df=df,
         n_seeds_a=arm_a.shape[0],
@@ -599,7 +614,7 @@ def compare_arms(
         n_subjects=arm_a.shape[1],
         method=method,
         seed_sd=seed_sd,
-        note=note,
+        note=verdict.note,
     )
 
 

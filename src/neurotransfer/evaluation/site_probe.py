@@ -33,19 +33,10 @@ PROBE_MAX_ITER = 1000
 MIN_SAMPLES_PER_SITE = 2
 
 
-def site_probe(
-    features: npt.ArrayLike, sites: npt.ArrayLike, folds: int = 5, seed: int = 0
-) -> dict[str, Any]:
-    """Cross-validated balanced accuracy of a logistic-regression probe predicting site.
-
-    Sites with fewer than `MIN_SAMPLES_PER_SITE` samples are dropped and listed under
-    ``dropped_sites``; if the smallest remaining site has fewer samples than `folds`, the fold
-    count is reduced to it so every site appears in every test fold (``folds`` reports the count
-    used). With fewer than two sites there is nothing to tell apart: balanced_accuracy is NaN.
-
-    Returns balanced_accuracy, chance_level (1 / n_sites), n_sites, n, folds, C, dropped_sites
-    and note.
-    """
+def _checked_inputs(
+    features: npt.ArrayLike, sites: npt.ArrayLike, folds: int
+) -> tuple[np.ndarray, pd.Series]:
+    """Features as a float matrix and sites as text, or ValueError naming what is wrong."""
     matrix = np.asarray(features, dtype=np.float64)
     labels = pd.Series(np.asarray(sites))
     if labels.isna().any():
@@ -59,7 +50,14 @@ def site_probe(
         raise ValueError("features have non-finite values (NaN or inf)")
     if folds < 2:
         raise ValueError(f"folds must be at least 2, got {folds}")
+    return matrix, labels
 
+
+def _without_small_sites(
+    matrix: np.ndarray, labels: pd.Series
+) -> tuple[np.ndarray, np.ndarray, pd.Series, dict[str, int]]:
+    """The samples of sites with at least `MIN_SAMPLES_PER_SITE`, those sites' sizes, and the
+    sizes of the sites dropped (logged)."""
     site_sizes = labels.value_counts()
     too_small = site_sizes[site_sizes < MIN_SAMPLES_PER_SITE]
     dropped = {str(site): int(size) for site, size in too_small.items()}
@@ -68,8 +66,46 @@ def site_probe(
             "site probe: dropping site(s) with < %d samples: %s", MIN_SAMPLES_PER_SITE, dropped
         )
     keep = ~labels.isin(too_small.index).to_numpy()
-    matrix, labels = matrix[keep], labels[keep].to_numpy()
     kept_sizes = site_sizes[site_sizes >= MIN_SAMPLES_PER_SITE]
+    return matrix[keep], labels[keep].to_numpy(), kept_sizes, dropped
+
+
+def _best_probe(
+    matrix: np.ndarray, labels: np.ndarray, folds: int, seed: int
+) -> tuple[float, float]:
+    """The best C's mean fold balanced accuracy, and that C (standardised inside each fold)."""
+    probe = Pipeline(
+        [
+            ("standardise", StandardScaler()),
+            ("model", LogisticRegression(max_iter=PROBE_MAX_ITER, random_state=seed)),
+        ]
+    )
+    search = GridSearchCV(
+        probe,
+        {"model__C": PROBE_C_GRID},
+        scoring="balanced_accuracy",
+        cv=StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed),
+        refit=False,
+    )
+    search.fit(matrix, labels)
+    return float(search.best_score_), float(search.best_params_["model__C"])
+
+
+def site_probe(
+    features: npt.ArrayLike, sites: npt.ArrayLike, folds: int = 5, seed: int = 0
+) -> dict[str, Any]:
+    """Cross-validated balanced accuracy of a logistic-regression probe predicting site.
+
+    Sites with fewer than `MIN_SAMPLES_PER_SITE` samples are dropped and listed under
+    ``dropped_sites``; if the smallest remaining site has fewer samples than `folds`, the fold
+    count is reduced to it so every site appears in every test fold (``folds`` reports the count
+    used). With fewer than two sites there is nothing to tell apart: balanced_accuracy is NaN.
+
+    Returns balanced_accuracy, chance_level (1 / n_sites), n_sites, n, folds, C, dropped_sites
+    and note.
+    """
+    matrix, all_labels = _checked_inputs(features, sites, folds)
+    matrix, labels, kept_sizes, dropped = _without_small_sites(matrix, all_labels)
     n_sites = int(kept_sizes.size)
     result: dict[str, Any] = {
         "balanced_accuracy": float("nan"),
@@ -95,25 +131,8 @@ def site_probe(
             f"the smallest site has {used_folds} samples"
         )
         log.info("site probe: %s", result["note"])
-    probe = Pipeline(
-        [
-            ("standardise", StandardScaler()),
-            ("model", LogisticRegression(max_iter=PROBE_MAX_ITER, random_state=seed)),
-        ]
-    )
-    search = GridSearchCV(
-        probe,
-        {"model__C": PROBE_C_GRID},
-        scoring="balanced_accuracy",
-        cv=StratifiedKFold(n_splits=used_folds, shuffle=True, random_state=seed),
-        refit=False,
-    )
-    search.fit(matrix, labels)
-    result.update(
-        balanced_accuracy=float(search.best_score_),
-        folds=used_folds,
-        C=float(search.best_params_["model__C"]),
-    )
+    balanced_accuracy, best_c = _best_probe(matrix, labels, used_folds, seed)
+    result.update(balanced_accuracy=balanced_accuracy, folds=used_folds, C=best_c)
     return result
 
 

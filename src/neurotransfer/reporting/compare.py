@@ -360,13 +360,17 @@ def decision(entry: dict[str, Any], alpha: float) -> str:
     return _better_side(entry)
 
 
-def comparison_markdown(
-    comparison: Comparison, exploratory: dict[str, tuple[str, ...]] | None = None
-) -> str:
-    """The comparison as Markdown: the rule, the primary table (the decision), exploratory."""
-    exploratory = EXPLORATORY_METRICS if exploratory is None else exploratory
-    level = f"{100 * comparison.ci_level:g}%"
-    adjust = ADJUST_LABELS[comparison.adjust]
+def _metric_cells(task: str, split: str, name: str, entry: dict[str, Any]) -> str:
+    """The cells both tables start a row with: task, split, metric, A, B, Δ, interval, p."""
+    return (
+        f"| {task} | {SPLIT_LABELS.get(split, split)} | {name} | {_fmt(entry['a'])} "
+        f"| {_fmt(entry['b'])} | {_signed(entry['difference'])} "
+        f"| {_interval(entry)} | {_p(entry['p_value'])} "
+    )
+
+
+def _rule_lines(comparison: Comparison, level: str, adjust: str) -> list[str]:
+    """The heading, the two arms and the rule that decides (with the size of its family)."""
     a = ", ".join(f"`{x}`" for x in comparison.labels_a)
     b = ", ".join(f"`{x}`" for x in comparison.labels_b)
     primary_p = [
@@ -381,7 +385,7 @@ def comparison_markdown(
         if untestable
         else ""
     )
-    lines = [
+    return [
         "## Paired comparison",
         "",
         f"A = {a}  ",
@@ -397,7 +401,12 @@ def comparison_markdown(
         f"threshold, as `evaluate` does. Without any variation across seeds or subjects there "
         f"is no interval (the table says so). *Decision*: the better side when the adjusted "
         f"p < {comparison.alpha:g}, else –.",
-        "",
+    ]
+
+
+def _primary_table(comparison: Comparison, level: str, adjust: str) -> list[str]:
+    """One row per task and split: the primary metric, its adjusted p and the decision."""
+    lines = [
         "### Primary (decides)",
         "",
         f"| task | split | metric | A | B | Δ (B − A) | {level} CI | p | p ({adjust}) "
@@ -408,35 +417,40 @@ def comparison_markdown(
         name = PRIMARY_METRIC[comparison.kinds[task]]
         e = result["metrics"][name]
         lines.append(
-            f"| {task} | {SPLIT_LABELS.get(split, split)} | {name} | {_fmt(e['a'])} "
-            f"| {_fmt(e['b'])} | {_signed(e['difference'])} "
-            f"| {_interval(e)} | {_p(e['p_value'])} "
-            f"| {_p(e['p_adjusted'])} | {decision(e, comparison.alpha)} "
+            _metric_cells(task, split, name, e)
+            + f"| {_p(e['p_adjusted'])} | {decision(e, comparison.alpha)} "
             f"| {len(result['seeds_a'])} / {len(result['seeds_b'])} "
             f"| {result['n_subjects']} |"
         )
     if not comparison.results:
         lines.append("| – | – | no task and split evaluated on both sides | | | | | | | | | |")
+    return lines
+
+
+def _exploratory_table(
+    comparison: Comparison, exploratory: dict[str, tuple[str, ...]], level: str
+) -> list[str]:
+    """The `exploratory` metrics computed for each task and split (none: no table)."""
     rows = [
         (task, split, name, result["metrics"][name])
         for (task, split), result in comparison.results.items()
         for name in exploratory.get(comparison.kinds[task], ())
         if name in result["metrics"]
     ]
-    if rows:
-        lines += [
-            "",
-            "### Exploratory (unadjusted p-values; not a decision)",
-            "",
-            f"| task | split | metric | A | B | Δ (B − A) | {level} CI | p (unadjusted) |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for task, split, name, e in rows:
-            lines.append(
-                f"| {task} | {SPLIT_LABELS.get(split, split)} | {name} | {_fmt(e['a'])} "
-                f"| {_fmt(e['b'])} | {_signed(e['difference'])} "
-                f"| {_interval(e)} | {_p(e['p_value'])} |"
-            )
+    if not rows:
+        return []
+    return [
+        "### Exploratory (unadjusted p-values; not a decision)",
+        "",
+        f"| task | split | metric | A | B | Δ (B − A) | {level} CI | p (unadjusted) |",
+        "|---|---|---|---|---|---|---|---|",
+        *(_metric_cells(task, split, name, e) + "|" for task, split, name, e in rows),
+    ]
+
+
+def _closing_lines(comparison: Comparison) -> list[str]:
+    """The seeds of each arm, the notes and what was not compared, each after a blank line."""
+    lines: list[str] = []
     if comparison.results:
         first = next(iter(comparison.results.values()))
         lines += [
@@ -448,4 +462,22 @@ def comparison_markdown(
         lines += ["", *comparison.notes]
     if comparison.skipped:
         lines += ["", "Not compared:", *(f"- {reason}" for reason in comparison.skipped)]
+    return lines
+
+
+def comparison_markdown(
+    comparison: Comparison, exploratory: dict[str, tuple[str, ...]] | None = None
+) -> str:
+    """The comparison as Markdown: the rule, the primary table (the decision), exploratory."""
+    exploratory = EXPLORATORY_METRICS if exploratory is None else exploratory
+    level = f"{100 * comparison.ci_level:g}%"
+    adjust = ADJUST_LABELS[comparison.adjust]
+    lines = [
+        *_rule_lines(comparison, level, adjust),
+        "",
+        *_primary_table(comparison, level, adjust),
+    ]
+    if exploratory_lines := _exploratory_table(comparison, exploratory, level):
+        lines += ["", *exploratory_lines]
+    lines += _closing_lines(comparison)
     return "\n".join(lines) + "\n"

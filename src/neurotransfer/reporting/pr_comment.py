@@ -15,6 +15,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from neurotransfer.text_output import write_text_output
+
 MARKER = "<!-- neurotransfer-pr-metrics -->"
 # GitHub refuses comment bodies over 65,536 characters; leave room for the truncation note.
 MAX_CHARS = 60_000
@@ -74,10 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", default="-", help="file to write ('-': stdout)")
     args = parser.parse_args(argv)
     body = comment_body(args.base, Path(args.repo), args.head_label)
-    if args.output == "-":
-        sys.stdout.write(body)
-    else:
-        Path(args.output).write_text(body, encoding="utf-8")
+    write_text_output(body, args.output)
     return 0
 
 

@@ -39,6 +39,15 @@ def _show(ax: plt.Axes, image: np.ndarray, title: str | None = None) -> None:
         ax.set_title(title, fontsize=8)
 
 
+def _save(fig: plt.Figure, path: Path, title: str | None = None) -> None:
+    """Save `fig` to `path` at the reports' resolution (under an overall `title`) and close it."""
+    if title is not None:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def age_spread_indices(ages: np.ndarray, count: int) -> np.ndarray:
     """Indices of ``count`` items whose ages are evenly spread over the range, youngest first."""
     order = np.argsort(ages, kind="stable")
@@ -57,10 +66,7 @@ def samples_by_age(volumes: np.ndarray, table: pd.DataFrame, count: int, path: P
             _show(axes[r, column], mid_slice(volumes[index], view), title if r == 0 else None)
     for r, view in enumerate(VIEWS):
         axes[r, 0].set_ylabel(view, fontsize=8)
-    fig.suptitle("Synthetic volumes across the requested age range", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, "Synthetic volumes across the requested age range")
 
 
 def real_vs_synthetic(
@@ -90,10 +96,7 @@ def real_vs_synthetic(
             mid_slice(samples[match], "axial"),
             f"synth {sample_table['age'].iloc[match]:.0f} y {sample_table['sex'].iloc[match]}",
         )
-    fig.suptitle("Held-out real scans (top) and age/sex-matched samples (bottom)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, "Held-out real scans (top) and age/sex-matched samples (bottom)")
 
 
 def reconstructions(
@@ -109,10 +112,7 @@ def reconstructions(
         _show(axes[2, column], mid_slice(error, "axial"))
     for r, label in enumerate(("held-out", "reconstruction", "|error|")):
         axes[r, 0].set_ylabel(label, fontsize=8)
-    fig.suptitle("Autoencoder on held-out pool scans", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, "Autoencoder on held-out pool scans")
 
 
 def conditioning_scatter(requested: pd.DataFrame, measured: np.ndarray, path: Path) -> None:
@@ -133,9 +133,7 @@ def conditioning_scatter(requested: pd.DataFrame, measured: np.ndarray, path: Pa
         ax.set_title(f"{label} volume (r = {r:.2f})", fontsize=10)
         ax.set_xlabel("requested (ml)")
         ax.set_ylabel("measured on sample (ml)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def memorisation_histogram(
@@ -150,6 +148,4 @@ def memorisation_histogram(
     ax.set_xlabel("RMS distance to the nearest training scan")
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)

@@ -233,6 +233,28 @@ def _trainer(settings: SynthesizeSettings, epochs: int, log_dir: Path | None) ->
     )
 
 
+def _fit_and_summarise(
+    module: L.LightningModule,
+    loader: DataLoader,
+    settings: SynthesizeSettings,
+    epochs: int,
+    log_dir: Path | None,
+    stage: str,
+    metric: str,
+) -> TrainingSummary:
+    """Train `module` for `epochs`; log and return the time taken and ``<stage>/<metric>`` at
+    the end (NaN when it was never logged)."""
+    trainer = _trainer(settings, epochs, log_dir)
+    start = time.perf_counter()
+    trainer.fit(module, train_dataloaders=loader)
+    seconds = time.perf_counter() - start
+    final = float(trainer.callback_metrics.get(f"{stage}/{metric}", float("nan")))
+    log.info(
+        "%s: %d epochs in %.1f s, final %s %.4f", stage, epochs, seconds, metric.upper(), final
+    )
+    return TrainingSummary(epochs, trainer.global_step, seconds, final)
+
+
 def train_autoencoder(
     autoencoder: AutoencoderKL,
     paths: Sequence[str],
@@ -251,14 +273,11 @@ def train_autoencoder(
         num_workers=settings.num_workers,
         persistent_workers=settings.num_workers > 0,
     )
-    trainer = _trainer(settings, config.epochs, log_dir)
-    start = time.perf_counter()
-    trainer.fit(module, train_dataloaders=loader)
-    seconds = time.perf_counter() - start
-    final = float(trainer.callback_metrics.get("autoencoder/l1", float("nan")))
-    log.info("autoencoder: %d epochs in %.1f s, final L1 %.4f", config.epochs, seconds, final)
+    summary = _fit_and_summarise(
+        module, loader, settings, config.epochs, log_dir, "autoencoder", "l1"
+    )
     autoencoder.cpu().eval()
-    return TrainingSummary(config.epochs, trainer.global_step, seconds, final)
+    return summary
 
 
 @torch.no_grad()
@@ -310,11 +329,8 @@ def train_diffusion(
     loader = DataLoader(
         dataset, batch_size=min(config.batch_size, len(dataset)), shuffle=True, drop_last=False
     )
-    trainer = _trainer(settings, config.epochs, log_dir)
-    start = time.perf_counter()
-    trainer.fit(module, train_dataloaders=loader)
-    seconds = time.perf_counter() - start
-    final = float(trainer.callback_metrics.get("diffusion/mse", float("nan")))
-    log.info("diffusion: %d epochs in %.1f s, final MSE %.4f", config.epochs, seconds, final)
+    summary = _fit_and_summarise(
+        module, loader, settings, config.epochs, log_dir, "diffusion", "mse"
+    )
     unet.cpu().eval()
-    return TrainingSummary(config.epochs, trainer.global_step, seconds, final)
+    return summary
