@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from neurotransfer.errors import SettingsError
+
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -30,10 +32,6 @@ Shape3D = tuple[PositiveInt, PositiveInt, PositiveInt]
 Spacing3D = tuple[PositiveFloat, PositiveFloat, PositiveFloat]
 
 AXIS_CODE_PAIRS = ("LR", "PA", "IS")
-
-
-class SettingsError(ValueError):
-    """A parameter file that cannot be turned into valid settings."""
 
 
 class Strict(BaseModel):
