@@ -12,12 +12,12 @@ import yaml
 from neurotransfer.compose import compose_params
 from neurotransfer.config import (
     BACKBONE_DEFAULTS,
+    EXTERNAL_SOURCES,
     SettingsError,
     backbone_fit_problem,
     load_settings,
     settings_from_dict,
 )
-from neurotransfer.pretrain.sources import EXTERNAL_SOURCES
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "experiment")

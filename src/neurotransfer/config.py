@@ -8,7 +8,7 @@ dotted key named, instead of deep inside a stage.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -806,10 +806,47 @@ class ProbeSettings(Strict):
 
 
 PretrainObjective = Literal["covariates", "simclr", "masked"]
+# Where the backbone's first weights come from: its own initialisation (scratch), weights
+# trained elsewhere that a backbone declares beside its builder (the external sources, see
+# neurotransfer.models.Counterpart), or training here on synthetic or real pool volumes.
+PretrainSource = Literal["scratch", "imagenet", "kinetics", "synthetic", "ssl"]
+EXTERNAL_SOURCES = ("imagenet", "kinetics")
+TRAINED_SOURCES = ("synthetic", "ssl")
+
+
+def pretrain_source_problem(source: str, name: str, options: Mapping[str, Any]) -> str:
+    """Why pretrain ``source`` cannot initialise backbone ``name`` with ``options`` ('' when it
+    can), naming the parameters to change.
+
+    ``scratch``, ``synthetic`` and ``ssl`` work with every backbone. An external source needs
+    the backbone to declare a counterpart for it in the model registry (read here, which imports
+    torch, for the external sources only), whose options check then has the last word.
+    """
+    if source not in EXTERNAL_SOURCES:
+        return ""
+    from neurotransfer.models import (
+        available_backbones,
+        backbone_counterparts,
+        backbone_options,
+        backbones_with_counterpart,
+    )
+
+    known = name in available_backbones()
+    counterpart = backbone_counterparts(name).get(source) if known else None
+    if counterpart is None:
+        others = ", ".join(("scratch", *TRAINED_SOURCES))
+        return (
+            f"pretrain={source} has no weights for model {name!r}: it supports "
+            f"{backbones_with_counterpart(source)} (choose one of them with `-S model=<name>`, "
+            f"or another pretrain source: {others})"
+        )
+    if counterpart.options_problem is None:
+        return ""
+    return counterpart.options_problem({**backbone_options(name), **options})
 
 
 class PretrainSettings(Strict):
-    source: Literal["scratch", "imagenet", "kinetics", "synthetic", "ssl"] = "scratch"
+    source: PretrainSource = "scratch"
     # A local copy of the external (imagenet / kinetics) weights: safetensors or a weights-only
     # torch state dict. null: torchvision's hub cache, downloading when online.
     weights_path: str | None = None
@@ -1188,31 +1225,9 @@ class Settings(Strict):
 
     @model_validator(mode="after")
     def _pretrain_source_fits_the_model(self) -> Settings:
-        # Imported here: the module imports SettingsError from this one (and no torch).
-        from neurotransfer.pretrain.sources import VIT_B_16, VIT_B_16_LAYERS, check_source
-
-        source, name, options = self.pretrain.source, self.model.name, self.model.options
-        if source == "imagenet" and name == "vit3d":
-            # check_source would read vit3d's defaults from the registry (a torch import);
-            # the table above has them.
-            resolved = {**BACKBONE_DEFAULTS["vit3d"], **options}
-            wrong = [
-                f"{k} {resolved[k]} (vit_b_16: {v})"
-                for k, v in VIT_B_16.items()
-                if resolved[k] != v
-            ]
-            if resolved["num_layers"] > VIT_B_16_LAYERS:
-                wrong.append(f"num_layers {resolved['num_layers']} (vit_b_16: {VIT_B_16_LAYERS})")
-            if wrong:
-                raise ValueError(
-                    "pretrain.source 'imagenet' initialises vit3d from torchvision's vit_b_16, "
-                    f"whose sizes model.options must share; it has {', '.join(wrong)}"
-                )
-            return self
-        try:
-            check_source(source, name, options)
-        except SettingsError as err:
-            raise ValueError(f"pretrain.source / model.name: {err}") from None
+        problem = pretrain_source_problem(self.pretrain.source, self.model.name, self.model.options)
+        if problem:
+            raise ValueError(f"pretrain.source / model.name: {problem}")
         return self
 
     @model_validator(mode="after")
