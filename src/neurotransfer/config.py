@@ -34,6 +34,8 @@ PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+OpenFraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+NonNegativeFloat = Annotated[float, Field(ge=0.0)]
 Shape3D = tuple[PositiveInt, PositiveInt, PositiveInt]
 Spacing3D = tuple[PositiveFloat, PositiveFloat, PositiveFloat]
 
@@ -292,7 +294,7 @@ class AugmentSettings(Strict):
     intensity_prob: Fraction = 0.3
     bias_field_prob: Fraction = 0.2
     noise_prob: Fraction = 0.2
-    noise_std: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
+    noise_std: Fraction = 0.05  # of the [0, 1] intensity range the volumes are normalised to
 
 
 class LabelBounds(Strict):
@@ -477,8 +479,8 @@ class AutoencoderTrainSettings(Strict):
     batch_size: PositiveInt = 8
     lr: PositiveFloat = 1e-3
     patch_size: Shape3D | None = None  # random crops of this size; None: whole volumes
-    kl_weight: Annotated[float, Field(ge=0.0)] = 1e-6
-    adversarial_weight: Annotated[float, Field(ge=0.0)] = 0.0  # 0: no patch discriminator
+    kl_weight: NonNegativeFloat = 1e-6
+    adversarial_weight: NonNegativeFloat = 0.0  # 0: no patch discriminator
     adversarial_start_epoch: NonNegativeInt = 0
     discriminator_channels: PositiveInt = 32
     discriminator_layers: PositiveInt = 3
@@ -508,7 +510,7 @@ class CovariateRow(Strict):
 
     sex: Literal["M", "F"]
     age: Annotated[float, Field(ge=0.0, le=120.0)]
-    csf_volume_ml: Annotated[float, Field(ge=0.0)]
+    csf_volume_ml: NonNegativeFloat
     brain_volume_ml: PositiveFloat
     count: PositiveInt = 1
 
@@ -522,9 +524,9 @@ class SamplingSettings(Strict):
 
 
 class SynthQualitySettings(Strict):
-    holdout_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
-    foreground_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
-    csf_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None  # None: Otsu on pool
+    holdout_fraction: OpenFraction = 0.2
+    foreground_threshold: OpenFraction = 0.05
+    csf_threshold: OpenFraction | None = None  # None: Otsu on pool
     ms_ssim_pairs: PositiveInt = 100
     ms_ssim_kernel_size: Annotated[int, Field(ge=3, le=11)] = 7
     memorisation_quantile: Fraction = 0.0
@@ -857,20 +859,20 @@ class SimCLRSettings(Strict):
     projection_dim: PositiveInt = 64
     hidden_dim: PositiveInt = 128
     crop_scale: tuple[Fraction, Fraction] = (0.6, 1.0)  # side fraction of the random crop
-    noise_std: Annotated[float, Field(ge=0.0)] = 0.05
+    noise_std: NonNegativeFloat = 0.05
 
 
 class MaskedSettings(Strict):
     """Masked reconstruction: hide cubes of ``patch_size`` voxels, reconstruct them."""
 
-    mask_ratio: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.6
+    mask_ratio: OpenFraction = 0.6
     patch_size: PositiveInt = 8
 
 
 class ProbeSettings(Strict):
     """The cheap representation signal: ridge regression of age on frozen pool features."""
 
-    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.25
+    val_fraction: OpenFraction = 0.25
     # Candidate penalties; leave-one-out CV on the fitting subjects picks one (RidgeCV), so a
     # representation is not judged by a penalty that suits another feature size.
     ridge_alphas: tuple[PositiveFloat, ...] = (0.1, 1.0, 10.0, 100.0, 1000.0)
@@ -931,7 +933,7 @@ class PretrainSettings(Strict):
     epochs: NonNegativeInt = 0
     batch_size: PositiveInt = 8
     lr: PositiveFloat = 1e-3
-    weight_decay: Annotated[float, Field(ge=0.0)] = 1e-2
+    weight_decay: NonNegativeFloat = 1e-2
     warmup_epochs: NonNegativeInt = 1
     max_volumes: PositiveInt | None = None  # cap on training volumes (quick runs)
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
@@ -979,7 +981,7 @@ class FinetuneSettings(Strict):
     batch_size: PositiveInt = 8
     lr: PositiveFloat = 1e-3
     head_lr: PositiveFloat | None = None
-    weight_decay: Annotated[float, Field(ge=0.0)] = 1e-2
+    weight_decay: NonNegativeFloat = 1e-2
     warmup_epochs: NonNegativeInt = 1
     layer_decay: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     early_stopping_patience: NonNegativeInt = 5
