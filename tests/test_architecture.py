@@ -19,7 +19,16 @@ PACKAGE = SRC / "neurotransfer"
 
 # ARCHITECTURE.md's layers, lowest first: a unit may import only units of lower layers.
 LAYERS: list[set[str]] = [
-    {"paths", "runtime", "atomic", "process_guard", "live_logger", "compose"},
+    {
+        "paths",
+        "runtime",
+        "atomic",
+        "process_guard",
+        "live_logger",
+        "compose",
+        "errors",
+        "text_output",
+    },
     {"models"},
     {"config"},
     {"cohort", "data"},
@@ -32,7 +41,7 @@ LAYERS: list[set[str]] = [
 LAYER = {unit: index for index, units in enumerate(LAYERS) for unit in units}
 # Plumbing a stage's outputs do not depend on (validated params, atomic moves, paths that
 # tests/test_paths.py ties to dvc.yaml): not required among a stage's dvc.yaml deps.
-NOT_DEPS = {"config", "atomic", "process_guard", "paths", "compose", "cli", "__init__"}
+NOT_DEPS = {"config", "errors", "atomic", "process_guard", "paths", "compose", "cli", "__init__"}
 
 
 def _module_file(name: str) -> Path | None:

@@ -4,11 +4,17 @@ This module is the only reader of parameters. ``dvc exp run`` composes ``params.
 Hydra groups in ``conf/``; every stage calls :func:`load_settings` and receives frozen pydantic
 models. A wrong type, a value out of range or an unknown key fails here, at start, with the
 dotted key named, instead of deep inside a stage.
+
+Loading imports no torch (a stage that needs none starts in about a second) except where the
+rule lives in ``neurotransfer.models``, the layer below, which is imported then: the external
+weights a backbone declares (for ``pretrain.source`` imagenet / kinetics), and the options of
+a backbone that :data:`BACKBONE_DEFAULTS` does not copy. This module never imports
+``neurotransfer.pretrain``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,19 +29,18 @@ from pydantic import (
 )
 
 from neurotransfer import paths
+from neurotransfer.errors import SettingsError
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+OpenFraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+NonNegativeFloat = Annotated[float, Field(ge=0.0)]
 Shape3D = tuple[PositiveInt, PositiveInt, PositiveInt]
 Spacing3D = tuple[PositiveFloat, PositiveFloat, PositiveFloat]
 
 AXIS_CODE_PAIRS = ("LR", "PA", "IS")
-
-
-class SettingsError(ValueError):
-    """A parameter file that cannot be turned into valid settings."""
 
 
 class Strict(BaseModel):
@@ -290,7 +295,7 @@ class AugmentSettings(Strict):
     intensity_prob: Fraction = 0.3
     bias_field_prob: Fraction = 0.2
     noise_prob: Fraction = 0.2
-    noise_std: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
+    noise_std: Fraction = 0.05  # of the [0, 1] intensity range the volumes are normalised to
 
 
 class LabelBounds(Strict):
@@ -475,8 +480,8 @@ class AutoencoderTrainSettings(Strict):
     batch_size: PositiveInt = 8
     lr: PositiveFloat = 1e-3
     patch_size: Shape3D | None = None  # random crops of this size; None: whole volumes
-    kl_weight: Annotated[float, Field(ge=0.0)] = 1e-6
-    adversarial_weight: Annotated[float, Field(ge=0.0)] = 0.0  # 0: no patch discriminator
+    kl_weight: NonNegativeFloat = 1e-6
+    adversarial_weight: NonNegativeFloat = 0.0  # 0: no patch discriminator
     adversarial_start_epoch: NonNegativeInt = 0
     discriminator_channels: PositiveInt = 32
     discriminator_layers: PositiveInt = 3
@@ -506,7 +511,7 @@ class CovariateRow(Strict):
 
     sex: Literal["M", "F"]
     age: Annotated[float, Field(ge=0.0, le=120.0)]
-    csf_volume_ml: Annotated[float, Field(ge=0.0)]
+    csf_volume_ml: NonNegativeFloat
     brain_volume_ml: PositiveFloat
     count: PositiveInt = 1
 
@@ -520,9 +525,9 @@ class SamplingSettings(Strict):
 
 
 class SynthQualitySettings(Strict):
-    holdout_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
-    foreground_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
-    csf_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None  # None: Otsu on pool
+    holdout_fraction: OpenFraction = 0.2
+    foreground_threshold: OpenFraction = 0.05
+    csf_threshold: OpenFraction | None = None  # None: Otsu on pool
     ms_ssim_pairs: PositiveInt = 100
     ms_ssim_kernel_size: Annotated[int, Field(ge=3, le=11)] = 7
     memorisation_quantile: Fraction = 0.0
@@ -590,10 +595,12 @@ class ModelSettings(Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-# Each backbone's options with their defaults, as its builder in ``neurotransfer.models``
-# declares them. Copied here so that the settings can check a model against the volume shape
-# when they load, without importing torch (~10 s); tests/test_config.py fails when this table
-# and the registry disagree, and when a rule below and a builder disagree.
+# The shipped backbones' options with their defaults, as their builders in
+# ``neurotransfer.models`` declare them. Copied here so that the settings can check these models
+# against the volume shape when they load, without importing torch (~10 s); a backbone added
+# to the registry since needs no entry (backbone_fit_problem asks the registry for it).
+# tests/test_config.py fails when an entry and the registry disagree, and when a rule below and
+# a builder disagree.
 BACKBONE_DEFAULTS: dict[str, dict[str, Any]] = {
     "densenet121": {
         "init_features": 64,
@@ -659,128 +666,191 @@ def backbone_fit_problem(name: str, options: dict[str, Any], shape: tuple[int, .
     name, the option names, the smallest volume each network's downsampling can take, patch
     sizes that tile the volume, and widths that the attention heads divide. The message names
     the parameter keys to change. r3d_18, r2plus1d_18, swin3d_t (padded to whole patches and
-    windows) and slice2d's ResNet18 encoder take any volume size.
+    windows) and slice2d's ResNet18 encoder take any volume size. A backbone that is not in
+    :data:`BACKBONE_DEFAULTS` (one added to the registry since) is looked up in the registry,
+    which imports torch, and its builder checks the shape when it builds.
     """
-    if name not in BACKBONE_DEFAULTS:
-        return (
-            f"model.name: unknown backbone {name!r}; known backbones: {sorted(BACKBONE_DEFAULTS)}"
-        )
-    defaults = BACKBONE_DEFAULTS[name]
+    defaults = BACKBONE_DEFAULTS.get(name)
+    if defaults is None:
+        defaults = _registered_backbone_defaults(name)
+        if isinstance(defaults, str):
+            return defaults
     unknown = sorted(set(options) - set(defaults))
     if unknown:
         return (
             f"model.options: backbone {name!r} has no option(s) {unknown}; its options "
             f"(with defaults): {', '.join(f'{k}={v!r}' for k, v in defaults.items())}"
         )
-    opts = {**defaults, **options}
+    rule = _FIT_RULES.get(name)
+    if rule is None:
+        return ""
     where = f"data.preprocess.shape {tuple(shape)} does not fit model {name!r}"
+    return rule({**defaults, **options}, tuple(shape), where)
 
-    def too_small(
-        sides: Sequence[int], min_side: int, why: str, fix: str, which: str = "every side"
-    ) -> str:
-        small = [s for s in sides if s < min_side]
-        if not small:
-            return ""
-        return f"{where}: {why}, so {which} must be at least {min_side} voxels (got {small}); {fix}"
 
-    if name == "sfcn" and (channels := _ints(opts["channels"])) and len(channels) >= 2:
-        pools = len(channels) - 1
-        return too_small(
-            shape,
-            2**pools,
-            f"its {len(channels)} blocks (model.options.channels) max-pool by 2 {pools} times",
-            "use larger volumes or fewer entries in model.options.channels",
-        )
-    if name == "densenet121" and (blocks := _ints(opts["block_config"])):
-        transitions = len(blocks) - 1
-        # The stem (stride-2 conv, stride-2 max-pool, both padded) maps n to ceil(n / 4); each
-        # transition then average-pools by 2 and needs 2 voxels to do so.
-        return too_small(
-            shape,
-            4 * 2**transitions - 3,
-            f"its stem downsamples by 4 and its {transitions} transition layers "
-            "(model.options.block_config) by 2 each",
-            "use larger volumes or fewer dense blocks in model.options.block_config",
-        )
-    if name == "vit3d":
-        patch = _ints(opts["patch_size"])
-        if patch is not None and len(patch) in (1, 3):
-            patch = patch * 3 if len(patch) == 1 else patch
-            bad = [axis for axis in range(3) if shape[axis] % patch[axis]]
-            if bad:
-                common = [p for p in range(1, min(shape) + 1) if all(s % p == 0 for s in shape)]
-                return (
-                    f"{where}: model.options.patch_size {patch} does not divide it along axes "
-                    f"{bad}; a patch_size dividing every side is one of {common}, or give one "
-                    "per axis"
-                )
-        hidden, heads = _ints(opts["hidden_size"]), _ints(opts["num_heads"])
-        if hidden and heads and hidden[0] % heads[0]:
+def _registered_backbone_defaults(name: str) -> dict[str, Any] | str:
+    """The options of a backbone the table above lacks, from the registry; or why not."""
+    from neurotransfer.models import available_backbones, backbone_options
+
+    known = available_backbones()
+    if name not in known:
+        return f"model.name: unknown backbone {name!r}; known backbones: {known}"
+    return backbone_options(name)
+
+
+def _too_small(
+    where: str, sides: Sequence[int], min_side: int, why: str, fix: str, which: str = "every side"
+) -> str:
+    small = [s for s in sides if s < min_side]
+    if not small:
+        return ""
+    return f"{where}: {why}, so {which} must be at least {min_side} voxels (got {small}); {fix}"
+
+
+def _divides_problem(width: str, width_value: int, heads: str, heads_value: int) -> str:
+    if width_value % heads_value == 0:
+        return ""
+    return (
+        f"model.options.{width} {width_value} is not divisible by "
+        f"model.options.{heads} {heads_value}"
+    )
+
+
+def _sfcn_fit(opts: dict[str, Any], shape: tuple[int, ...], where: str) -> str:
+    channels = _ints(opts["channels"])
+    if not channels or len(channels) < 2:
+        return ""
+    pools = len(channels) - 1
+    return _too_small(
+        where,
+        shape,
+        2**pools,
+        f"its {len(channels)} blocks (model.options.channels) max-pool by 2 {pools} times",
+        "use larger volumes or fewer entries in model.options.channels",
+    )
+
+
+def _densenet121_fit(opts: dict[str, Any], shape: tuple[int, ...], where: str) -> str:
+    blocks = _ints(opts["block_config"])
+    if not blocks:
+        return ""
+    transitions = len(blocks) - 1
+    # The stem (stride-2 conv, stride-2 max-pool, both padded) maps n to ceil(n / 4); each
+    # transition then average-pools by 2 and needs 2 voxels to do so.
+    return _too_small(
+        where,
+        shape,
+        4 * 2**transitions - 3,
+        f"its stem downsamples by 4 and its {transitions} transition layers "
+        "(model.options.block_config) by 2 each",
+        "use larger volumes or fewer dense blocks in model.options.block_config",
+    )
+
+
+def _vit3d_fit(opts: dict[str, Any], shape: tuple[int, ...], where: str) -> str:
+    patch = _ints(opts["patch_size"])
+    if patch is not None and len(patch) in (1, 3):
+        patch = patch * 3 if len(patch) == 1 else patch
+        bad = [axis for axis in range(3) if shape[axis] % patch[axis]]
+        if bad:
+            common = [p for p in range(1, min(shape) + 1) if all(s % p == 0 for s in shape)]
             return (
-                f"model.options.hidden_size {hidden[0]} is not divisible by "
-                f"model.options.num_heads {heads[0]}"
+                f"{where}: model.options.patch_size {patch} does not divide it along axes "
+                f"{bad}; a patch_size dividing every side is one of {common}, or give one "
+                "per axis"
             )
-    if name == "slice2d":
-        axis, channels = opts["axis"], _ints(opts["cnn_channels"])
-        if opts["encoder"] == "cnn" and axis in (0, 1, 2) and channels:
-            slice_sides = [side for index, side in enumerate(shape) if index != axis]
-            problem = too_small(
-                slice_sides,
-                2 ** len(channels),
-                f"slices along model.options.axis {axis} are {tuple(slice_sides)} and the 'cnn' "
-                f"encoder max-pools them by 2 {len(channels)} times (model.options.cnn_channels)",
-                "use larger volumes, another axis, or fewer entries in cnn_channels",
-                which="both slice sides",
-            )
-            if problem:
-                return problem
-        dim, heads = _ints(opts["embed_dim"]), _ints(opts["attention_heads"])
-        if opts["pooling"] == "attention" and dim and heads and dim[0] % heads[0]:
-            return (
-                f"model.options.embed_dim {dim[0]} is not divisible by "
-                f"model.options.attention_heads {heads[0]}"
-            )
-    if name in ("swin3d_t", "mvit_v2_s"):
-        depths, heads, dim = (
-            _ints(opts["depths"]),
-            _ints(opts["num_heads"]),
-            _ints(opts["embed_dim"]),
-        )
-        if depths is None or heads is None or dim is None:
-            return ""
-        if sum(depths) < 2:
-            return (
-                f"model.options.depths {depths} give {sum(depths)} block(s); torchvision's "
-                f"{name} needs at least 2 in all"
-            )
-        if name == "swin3d_t":
-            if len(depths) != len(heads):
-                return (
-                    f"model.options.depths {depths} and num_heads {heads} must give one entry "
-                    "per stage each"
-                )
-            for stage, stage_heads in enumerate(heads):
-                if (dim[0] * 2**stage) % stage_heads:
-                    return (
-                        f"model.options.num_heads[{stage}] = {stage_heads} does not divide "
-                        f"stage {stage}'s width {dim[0] * 2**stage} (embed_dim * 2**{stage})"
-                    )
-            return ""
-        if dim[0] % heads[0]:
-            return (
-                f"model.options.embed_dim {dim[0]} is not divisible by "
-                f"model.options.num_heads {heads[0]}"
-            )
-        # Patch stride 4 in H and W, then a query pooling by 2 at each later stage; D is padded.
-        return too_small(
-            shape[1:],
-            4 * 2 ** (len(depths) - 1),
-            f"its patch stride 4 and {len(depths) - 1} query poolings by 2 "
-            "(model.options.depths) apply to H and W (the last two sides)",
-            "use larger volumes or fewer stages in model.options.depths",
-            which="H and W",
-        )
+    hidden, heads = _ints(opts["hidden_size"]), _ints(opts["num_heads"])
+    if hidden and heads:
+        return _divides_problem("hidden_size", hidden[0], "num_heads", heads[0])
     return ""
+
+
+def _slice2d_fit(opts: dict[str, Any], shape: tuple[int, ...], where: str) -> str:
+    axis, channels = opts["axis"], _ints(opts["cnn_channels"])
+    if opts["encoder"] == "cnn" and axis in (0, 1, 2) and channels:
+        slice_sides = [side for index, side in enumerate(shape) if index != axis]
+        problem = _too_small(
+            where,
+            slice_sides,
+            2 ** len(channels),
+            f"slices along model.options.axis {axis} are {tuple(slice_sides)} and the 'cnn' "
+            f"encoder max-pools them by 2 {len(channels)} times (model.options.cnn_channels)",
+            "use larger volumes, another axis, or fewer entries in cnn_channels",
+            which="both slice sides",
+        )
+        if problem:
+            return problem
+    dim, heads = _ints(opts["embed_dim"]), _ints(opts["attention_heads"])
+    if opts["pooling"] == "attention" and dim and heads:
+        return _divides_problem("embed_dim", dim[0], "attention_heads", heads[0])
+    return ""
+
+
+def _video_transformer_sizes(
+    name: str, opts: dict[str, Any]
+) -> tuple[tuple[int, ...], tuple[int, ...], int] | str:
+    """``depths``, ``num_heads`` and ``embed_dim`` of swin3d_t / mvit_v2_s, or why they do not
+    make a network ('' when a value is badly typed: the registry names that when it builds)."""
+    depths, heads, dim = _ints(opts["depths"]), _ints(opts["num_heads"]), _ints(opts["embed_dim"])
+    if depths is None or heads is None or dim is None:
+        return ""
+    if sum(depths) < 2:
+        return (
+            f"model.options.depths {depths} give {sum(depths)} block(s); torchvision's "
+            f"{name} needs at least 2 in all"
+        )
+    return depths, heads, dim[0]
+
+
+def _swin3d_t_fit(opts: dict[str, Any], shape: tuple[int, ...], where: str) -> str:
+    sizes = _video_transformer_sizes("swin3d_t", opts)
+    if isinstance(sizes, str):
+        return sizes
+    depths, heads, dim = sizes
+    if len(depths) != len(heads):
+        return (
+            f"model.options.depths {depths} and num_heads {heads} must give one entry "
+            "per stage each"
+        )
+    for stage, stage_heads in enumerate(heads):
+        if (dim * 2**stage) % stage_heads:
+            return (
+                f"model.options.num_heads[{stage}] = {stage_heads} does not divide "
+                f"stage {stage}'s width {dim * 2**stage} (embed_dim * 2**{stage})"
+            )
+    return ""
+
+
+def _mvit_v2_s_fit(opts: dict[str, Any], shape: tuple[int, ...], where: str) -> str:
+    sizes = _video_transformer_sizes("mvit_v2_s", opts)
+    if isinstance(sizes, str):
+        return sizes
+    depths, heads, dim = sizes
+    problem = _divides_problem("embed_dim", dim, "num_heads", heads[0])
+    if problem:
+        return problem
+    # Patch stride 4 in H and W, then a query pooling by 2 at each later stage; D is padded.
+    return _too_small(
+        where,
+        shape[1:],
+        4 * 2 ** (len(depths) - 1),
+        f"its patch stride 4 and {len(depths) - 1} query poolings by 2 "
+        "(model.options.depths) apply to H and W (the last two sides)",
+        "use larger volumes or fewer stages in model.options.depths",
+        which="H and W",
+    )
+
+
+# Backbone -> its load-time rule: (options with defaults, volume shape, the message's start)
+# -> the problem ('' when the volumes fit). r3d_18 and r2plus1d_18 take any size.
+_FIT_RULES: dict[str, Callable[[dict[str, Any], tuple[int, ...], str], str]] = {
+    "sfcn": _sfcn_fit,
+    "densenet121": _densenet121_fit,
+    "vit3d": _vit3d_fit,
+    "slice2d": _slice2d_fit,
+    "swin3d_t": _swin3d_t_fit,
+    "mvit_v2_s": _mvit_v2_s_fit,
+}
 
 
 class SimCLRSettings(Strict):
@@ -790,30 +860,67 @@ class SimCLRSettings(Strict):
     projection_dim: PositiveInt = 64
     hidden_dim: PositiveInt = 128
     crop_scale: tuple[Fraction, Fraction] = (0.6, 1.0)  # side fraction of the random crop
-    noise_std: Annotated[float, Field(ge=0.0)] = 0.05
+    noise_std: NonNegativeFloat = 0.05
 
 
 class MaskedSettings(Strict):
     """Masked reconstruction: hide cubes of ``patch_size`` voxels, reconstruct them."""
 
-    mask_ratio: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.6
+    mask_ratio: OpenFraction = 0.6
     patch_size: PositiveInt = 8
 
 
 class ProbeSettings(Strict):
     """The cheap representation signal: ridge regression of age on frozen pool features."""
 
-    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.25
+    val_fraction: OpenFraction = 0.25
     # Candidate penalties; leave-one-out CV on the fitting subjects picks one (RidgeCV), so a
     # representation is not judged by a penalty that suits another feature size.
     ridge_alphas: tuple[PositiveFloat, ...] = (0.1, 1.0, 10.0, 100.0, 1000.0)
 
 
 PretrainObjective = Literal["covariates", "simclr", "masked"]
+# Where the backbone's first weights come from: its own initialisation (scratch), weights
+# trained elsewhere that a backbone declares beside its builder (the external sources, see
+# neurotransfer.models.Counterpart), or training here on synthetic or real pool volumes.
+PretrainSource = Literal["scratch", "imagenet", "kinetics", "synthetic", "ssl"]
+EXTERNAL_SOURCES = ("imagenet", "kinetics")
+TRAINED_SOURCES = ("synthetic", "ssl")
+
+
+def pretrain_source_problem(source: str, name: str, options: Mapping[str, Any]) -> str:
+    """Why pretrain ``source`` cannot initialise backbone ``name`` with ``options`` ('' when it
+    can), naming the parameters to change.
+
+    ``scratch``, ``synthetic`` and ``ssl`` work with every backbone. An external source needs
+    the backbone to declare a counterpart for it in the model registry (read here, which imports
+    torch, for the external sources only), whose options check then has the last word.
+    """
+    if source not in EXTERNAL_SOURCES:
+        return ""
+    from neurotransfer.models import (
+        available_backbones,
+        backbone_counterparts,
+        backbone_options,
+        backbones_with_counterpart,
+    )
+
+    known = name in available_backbones()
+    counterpart = backbone_counterparts(name).get(source) if known else None
+    if counterpart is None:
+        others = ", ".join(("scratch", *TRAINED_SOURCES))
+        return (
+            f"pretrain={source} has no weights for model {name!r}: it supports "
+            f"{backbones_with_counterpart(source)} (choose one of them with `-S model=<name>`, "
+            f"or another pretrain source: {others})"
+        )
+    if counterpart.options_problem is None:
+        return ""
+    return counterpart.options_problem({**backbone_options(name), **options})
 
 
 class PretrainSettings(Strict):
-    source: Literal["scratch", "imagenet", "kinetics", "synthetic", "ssl"] = "scratch"
+    source: PretrainSource = "scratch"
     # A local copy of the external (imagenet / kinetics) weights: safetensors or a weights-only
     # torch state dict. null: torchvision's hub cache, downloading when online.
     weights_path: str | None = None
@@ -827,7 +934,7 @@ class PretrainSettings(Strict):
     epochs: NonNegativeInt = 0
     batch_size: PositiveInt = 8
     lr: PositiveFloat = 1e-3
-    weight_decay: Annotated[float, Field(ge=0.0)] = 1e-2
+    weight_decay: NonNegativeFloat = 1e-2
     warmup_epochs: NonNegativeInt = 1
     max_volumes: PositiveInt | None = None  # cap on training volumes (quick runs)
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
@@ -875,7 +982,7 @@ class FinetuneSettings(Strict):
     batch_size: PositiveInt = 8
     lr: PositiveFloat = 1e-3
     head_lr: PositiveFloat | None = None
-    weight_decay: Annotated[float, Field(ge=0.0)] = 1e-2
+    weight_decay: NonNegativeFloat = 1e-2
     warmup_epochs: NonNegativeInt = 1
     layer_decay: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     early_stopping_patience: NonNegativeInt = 5
@@ -1221,31 +1328,9 @@ class Settings(Strict):
 
     @model_validator(mode="after")
     def _pretrain_source_fits_the_model(self) -> Settings:
-        # Imported here: the module imports SettingsError from this one (and no torch).
-        from neurotransfer.pretrain.sources import VIT_B_16, VIT_B_16_LAYERS, check_source
-
-        source, name, options = self.pretrain.source, self.model.name, self.model.options
-        if source == "imagenet" and name == "vit3d":
-            # check_source would read vit3d's defaults from the registry (a torch import);
-            # the table above has them.
-            resolved = {**BACKBONE_DEFAULTS["vit3d"], **options}
-            wrong = [
-                f"{k} {resolved[k]} (vit_b_16: {v})"
-                for k, v in VIT_B_16.items()
-                if resolved[k] != v
-            ]
-            if resolved["num_layers"] > VIT_B_16_LAYERS:
-                wrong.append(f"num_layers {resolved['num_layers']} (vit_b_16: {VIT_B_16_LAYERS})")
-            if wrong:
-                raise ValueError(
-                    "pretrain.source 'imagenet' initialises vit3d from torchvision's vit_b_16, "
-                    f"whose sizes model.options must share; it has {', '.join(wrong)}"
-                )
-            return self
-        try:
-            check_source(source, name, options)
-        except SettingsError as err:
-            raise ValueError(f"pretrain.source / model.name: {err}") from None
+        problem = pretrain_source_problem(self.pretrain.source, self.model.name, self.model.options)
+        if problem:
+            raise ValueError(f"pretrain.source / model.name: {problem}")
         return self
 
     @model_validator(mode="after")

@@ -9,17 +9,12 @@ from torch import nn
 
 from neurotransfer.config import SettingsError
 from neurotransfer.models import build_backbone
-from neurotransfer.pretrain.inflation import (
-    inflate_conv,
-    map_densenet121,
-    map_external,
-    map_resnet18_r3d,
-    map_resnet18_slice2d,
-    map_video,
-    map_vit_b_16,
-    normalise_densenet_keys,
-    sum_rgb,
-)
+from neurotransfer.models.cnn3d import map_densenet121, normalise_densenet_keys
+from neurotransfer.models.external_weights import inflate_conv, sum_rgb
+from neurotransfer.models.slice2d import map_resnet18_slice2d
+from neurotransfer.models.video import map_resnet18_r3d, map_video
+from neurotransfer.models.vit3d import map_vit_b_16
+from neurotransfer.pretrain.sources import map_external
 
 
 def randomise_norms(module: nn.Module, seed: int = 0) -> nn.Module:

@@ -1,7 +1,13 @@
-"""3D convolutional backbones: DenseNet121 (MONAI) as in the papers, and a compact SFCN."""
+"""3D convolutional backbones: DenseNet121 (MONAI) as in the papers, and a compact SFCN.
+
+External weights: ``imagenet`` initialises DenseNet121 by I3D inflation of torchvision's 2D
+``densenet121`` (:func:`map_densenet121`); SFCN has no pre-trained counterpart.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import Annotated
 
 import torch
@@ -10,6 +16,7 @@ from pydantic import Field
 from torch import nn
 
 from neurotransfer.models.base import Backbone, LayerStage, Shape3D, require_min_side
+from neurotransfer.models.external_weights import Counterpart, Mapped, State, inflate_2d_state
 from neurotransfer.models.registry import DropoutRate, PositiveInt, register_backbone
 
 
@@ -118,7 +125,39 @@ class DenseNet3D(Backbone):
         return stages
 
 
-@register_backbone("densenet121")
+# Old torchvision DenseNet checkpoints name layers `norm.1` instead of `norm1` (torchvision
+# rewrites them with this pattern when it loads them itself).
+_DENSENET_OLD_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
+)
+
+
+def normalise_densenet_keys(source: Mapping[str, torch.Tensor]) -> State:
+    out: State = {}
+    for key, value in source.items():
+        match = _DENSENET_OLD_KEY.match(key)
+        out[match.group(1) + match.group(2) if match else key] = value
+    return out
+
+
+def map_densenet121(source: Mapping[str, torch.Tensor], backbone: nn.Module) -> Mapped:
+    """MONAI's 3D DenseNet121 from torchvision's DenseNet121 by I3D inflation: ``conv0`` 7x7 ->
+    7x7x7 (summed over RGB), dense-layer convolutions 1x1 -> 1x1x1 and 3x3 -> 3x3x3,
+    transitions 1x1 -> 1x1x1; MONAI nests each dense layer's modules under ``layers``."""
+    return inflate_2d_state(
+        normalise_densenet_keys(source),
+        backbone,
+        lambda key: "net." + re.sub(r"(denselayer\d+)\.", r"\1.layers.", key),
+        "features.conv0.weight",
+        "densenet121",
+        "ImageNet densenet121",
+    )
+
+
+IMAGENET_DENSENET121 = Counterpart("imagenet", "densenet121", "IMAGENET1K_V1", map_densenet121)
+
+
+@register_backbone("densenet121", external=[IMAGENET_DENSENET121])
 def build_densenet121(
     input_shape: Shape3D,
     *,

@@ -6,6 +6,11 @@ and defaults; the registry derives the option schema from that signature, so an 
 declared in exactly one place. Before the builder runs, the registry rejects unknown names,
 unknown options and badly typed or out-of-range values with a message that names them; the
 builder itself rejects input shapes its network cannot take.
+
+A backbone that can start from external (torchvision) weights declares them in the same call,
+``register_backbone(name, external=[Counterpart(...), ...])``, one per pretrain source (see
+:mod:`.external_weights`); :func:`backbone_counterparts` and
+:func:`backbones_with_counterpart` are what the settings and the ``pretrain`` stage read.
 """
 
 from __future__ import annotations
@@ -13,13 +18,14 @@ from __future__ import annotations
 import inspect
 import operator
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from neurotransfer.models.base import Backbone, BackboneSpec, Shape3D
+from neurotransfer.models.external_weights import Counterpart
 
 # Option types shared by the families (pydantic validates them, YAML lists become tuples).
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -33,13 +39,22 @@ class _Entry:
     builder: Callable[..., Backbone]
     options_model: type[BaseModel]
     defaults: dict[str, Any]
+    external: dict[str, Counterpart]  # pretrain source -> its torchvision counterpart
 
 
 _REGISTRY: dict[str, _Entry] = {}
 
 
-def register_backbone(name: str) -> Callable[[BuilderT], BuilderT]:
-    """Register ``builder(input_shape, *, option=default, ...)`` under ``name``."""
+def register_backbone(
+    name: str, external: Iterable[Counterpart] = ()
+) -> Callable[[BuilderT], BuilderT]:
+    """Register ``builder(input_shape, *, option=default, ...)`` under ``name``, with the
+    external weights (at most one :class:`Counterpart` per pretrain source) it can start from."""
+    counterparts: dict[str, Counterpart] = {}
+    for counterpart in external:
+        if counterpart.source in counterparts:
+            raise RuntimeError(f"backbone {name!r}: two counterparts for {counterpart.source!r}")
+        counterparts[counterpart.source] = counterpart
 
     def decorate(builder: BuilderT) -> BuilderT:
         if name in _REGISTRY:
@@ -61,7 +76,7 @@ def register_backbone(name: str) -> Callable[[BuilderT], BuilderT]:
             __config__=ConfigDict(extra="forbid", frozen=True),
             **fields,
         )
-        _REGISTRY[name] = _Entry(builder, options_model, defaults)
+        _REGISTRY[name] = _Entry(builder, options_model, defaults, counterparts)
         return builder
 
     return decorate
@@ -75,6 +90,16 @@ def available_backbones() -> list[str]:
 def backbone_options(name: str) -> dict[str, Any]:
     """The options of backbone ``name`` with their default values."""
     return dict(_entry(name).defaults)
+
+
+def backbone_counterparts(name: str) -> dict[str, Counterpart]:
+    """The external weights backbone ``name`` can start from, by pretrain source."""
+    return dict(_entry(name).external)
+
+
+def backbones_with_counterpart(source: str) -> list[str]:
+    """The backbones that declare external weights for pretrain ``source``, sorted."""
+    return sorted(name for name, entry in _REGISTRY.items() if source in entry.external)
 
 
 def build_backbone(name: str, input_shape: Shape3D | list[int], **options: Any) -> Backbone:

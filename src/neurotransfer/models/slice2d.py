@@ -22,11 +22,15 @@ set of slices into one feature vector. Follows github.com/umgupta/2d-slice-set-n
 
 The defaults are those of the ISBI 2023 scripts: ResNet18, ``embed_dim=32``, mean pooling,
 position embedding on, slicing along the first axis (sagittal for RAS-ordered arrays).
+
+External weights: ``imagenet`` initialises the ResNet18 slice encoder with torchvision's
+``resnet18`` ImageNet weights as they are (conv1 summed over RGB).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field
@@ -35,6 +39,14 @@ from torchvision.models import resnet18
 
 from neurotransfer.models.adaptation import adapt_first_conv_to_single_channel
 from neurotransfer.models.base import Backbone, LayerStage, Shape3D
+from neurotransfer.models.external_weights import (
+    Counterpart,
+    Mapped,
+    State,
+    assemble,
+    sum_rgb,
+    without_heads,
+)
 from neurotransfer.models.registry import DropoutRate, PositiveInt, register_backbone
 
 
@@ -165,7 +177,37 @@ class SliceSetNetwork(Backbone):
         return [*self.encoder.layer_stages(), head]
 
 
-@register_backbone("slice2d")
+def map_resnet18_slice2d(source: Mapping[str, torch.Tensor], backbone: nn.Module) -> Mapped:
+    """slice2d's ResNet18 slice encoder takes the 2D weights as they are (conv1 summed over RGB);
+    the slice projection, position embedding and pooling keep their own initialisation."""
+    mapped: State = {}
+    for key, value in without_heads(source).items():
+        mapped[f"encoder.net.{key}"] = sum_rgb(value) if key == "conv1.weight" else value
+    return assemble(
+        backbone.state_dict(),
+        mapped,
+        [],
+        "slice2d",
+        "ImageNet resnet18",
+        own_init=lambda k: not k.startswith("encoder."),
+    )
+
+
+def _resnet18_encoder_problem(options: Mapping[str, Any]) -> str:
+    if options["encoder"] == "resnet18":
+        return ""
+    return (
+        "pretrain=imagenet initialises slice2d's ResNet18 slice encoder, but "
+        f"model.options.encoder is {options['encoder']!r}; set it to 'resnet18'"
+    )
+
+
+IMAGENET_RESNET18 = Counterpart(
+    "imagenet", "resnet18", "IMAGENET1K_V1", map_resnet18_slice2d, _resnet18_encoder_problem
+)
+
+
+@register_backbone("slice2d", external=[IMAGENET_RESNET18])
 def build_slice2d(
     input_shape: Shape3D,
     *,

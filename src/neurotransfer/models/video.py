@@ -14,10 +14,17 @@ first convolution of each network is adapted from RGB to one channel by summing 
   multiples, and ``forward`` pads the volume with zeros (as the patch embedding's own padding
   does) at the far end of each axis: at most 1 voxel in D and 3 in H and W. H and W must also
   leave at least one token per axis after the query pooling of every stage.
+
+External weights: ``kinetics`` initialises each network from torchvision's Kinetics-400
+weights of the same name (:func:`map_video`); ``imagenet`` initialises ``r3d_18`` by I3D
+inflation of torchvision's 2D ``resnet18`` (:func:`map_resnet18_r3d`).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+from functools import partial
 from typing import Annotated
 
 import torch
@@ -37,12 +44,99 @@ from torchvision.models.video.swin_transformer import SwinTransformer3d
 
 from neurotransfer.models.adaptation import adapt_first_conv_to_single_channel
 from neurotransfer.models.base import Backbone, LayerStage, Shape3D, require_volume_shape
+from neurotransfer.models.external_weights import (
+    Counterpart,
+    Mapped,
+    State,
+    assemble,
+    inflate_2d_state,
+    sum_rgb,
+    without_heads,
+)
 from neurotransfer.models.registry import PositiveInt, register_backbone
 
 FourInts = tuple[PositiveInt, PositiveInt, PositiveInt, PositiveInt]
 ThreeInts = tuple[PositiveInt, PositiveInt, PositiveInt]
 StageInts = Annotated[tuple[PositiveInt, ...], Field(min_length=1)]
 DropPathRate = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+_REL_POS = re.compile(r"\.rel_pos_[thw]$")
+
+
+def map_video(source: Mapping[str, torch.Tensor], backbone: nn.Module, architecture: str) -> Mapped:
+    """A torchvision video network into its neurotransfer wrapper (``net.`` prefix).
+
+    The first convolution (``[O, 3, ...]``) is summed over RGB; MViT's relative-position tables,
+    sized at construction for 16x224x224 clips, are linearly interpolated to the sizes this
+    volume's token grid needs (as MViTv2 does for other input sizes).
+    """
+    target = backbone.state_dict()
+    mapped: State = {}
+    for key, value in without_heads(source).items():
+        new = f"net.{key}"
+        if new in target:
+            wanted = target[new]
+            if value.ndim >= 3 and value.shape[1] == 3 and wanted.shape[1] == 1:
+                value = sum_rgb(value)
+            elif _REL_POS.search(key) and value.shape[0] != wanted.shape[0]:
+                value = (
+                    F.interpolate(
+                        value.float().T.unsqueeze(0),
+                        size=wanted.shape[0],
+                        mode="linear",
+                        align_corners=False,
+                    )[0]
+                    .T.contiguous()
+                    .to(value.dtype)
+                )
+        mapped[new] = value
+    return assemble(target, mapped, [], architecture, f"Kinetics-400 {architecture}")
+
+
+def kinetics(architecture: str) -> Counterpart:
+    """torchvision's Kinetics-400 weights of the video network of the same name."""
+    return Counterpart(
+        "kinetics",
+        architecture,
+        "KINETICS400_V1",
+        partial(map_video, architecture=architecture),
+    )
+
+
+_RESNET_BLOCK = re.compile(r"^(layer\d+\.\d+)\.(conv1|bn1|conv2|bn2|downsample\.[01])\.(.+)$")
+
+
+def map_resnet18_r3d(source: Mapping[str, torch.Tensor], backbone: nn.Module) -> Mapped:
+    """torchvision VideoResNet (``r3d_18``) from a 2D ResNet18 by I3D inflation.
+
+    Stem: ``conv1`` (7x7) -> ``stem.0`` (3x7x7, summed over RGB), ``bn1`` -> ``stem.1``; each
+    basic block's ``conv1/bn1/conv2/bn2`` -> ``conv1.0/conv1.1/conv2.0/conv2.1`` (3x3 ->
+    3x3x3), ``downsample`` as is (1x1 -> 1x1x1). VideoResNet has no max-pool after its stem, so
+    the 3D network sees twice the 2D network's resolution from ``layer1`` on.
+    """
+    return inflate_2d_state(
+        source, backbone, _r3d_key, "conv1.weight", "r3d_18", "ImageNet resnet18"
+    )
+
+
+def _r3d_key(key: str) -> str | None:
+    """Where a 2D ResNet18 key goes in the r3d_18 backbone (None: nowhere)."""
+    if key.startswith("conv1."):
+        return "net.stem.0." + key.removeprefix("conv1.")
+    if key.startswith("bn1."):
+        return "net.stem.1." + key.removeprefix("bn1.")
+    match = _RESNET_BLOCK.match(key)
+    if match is None:
+        return None
+    block, layer, rest = match.groups()
+    layer = {"conv1": "conv1.0", "bn1": "conv1.1", "conv2": "conv2.0", "bn2": "conv2.1"}.get(
+        layer, layer
+    )
+    return f"net.{block}.{layer}.{rest}"
+
+
+IMAGENET_RESNET18_INFLATED = Counterpart("imagenet", "resnet18", "IMAGENET1K_V1", map_resnet18_r3d)
 
 
 def _require_two_blocks(name: str, depths: tuple[int, ...]) -> None:
@@ -74,13 +168,13 @@ class VideoResNetBackbone(Backbone):
         return [[net.stem], [net.layer1], [net.layer2], [net.layer3], [net.layer4]]
 
 
-@register_backbone("r3d_18")
+@register_backbone("r3d_18", external=[IMAGENET_RESNET18_INFLATED, kinetics("r3d_18")])
 def build_r3d_18(input_shape: Shape3D, *, layers: FourInts = (2, 2, 2, 2)) -> Backbone:
     """3D ResNet-18; ``layers`` = residual blocks per stage ((1, 1, 1, 1) gives a ResNet-10)."""
     return VideoResNetBackbone(Conv3DSimple, BasicStem, layers)
 
 
-@register_backbone("r2plus1d_18")
+@register_backbone("r2plus1d_18", external=[kinetics("r2plus1d_18")])
 def build_r2plus1d_18(input_shape: Shape3D, *, layers: FourInts = (2, 2, 2, 2)) -> Backbone:
     """(2+1)D ResNet-18: each 3D convolution factorised into spatial then temporal (D-axis)."""
     return VideoResNetBackbone(Conv2Plus1D, R2Plus1dStem, layers)
@@ -120,7 +214,7 @@ class Swin3DBackbone(Backbone):
         return [[net.patch_embed], *([stage] for stage in net.features), [net.norm]]
 
 
-@register_backbone("swin3d_t")
+@register_backbone("swin3d_t", external=[kinetics("swin3d_t")])
 def build_swin3d_t(
     input_shape: Shape3D,
     *,
@@ -239,7 +333,7 @@ class MViTBackbone(Backbone):
         return [[net.conv_proj, net.pos_encoding], *([block] for block in net.blocks), [net.norm]]
 
 
-@register_backbone("mvit_v2_s")
+@register_backbone("mvit_v2_s", external=[kinetics("mvit_v2_s")])
 def build_mvit_v2_s(
     input_shape: Shape3D,
     *,

@@ -1,15 +1,32 @@
-"""3D Vision Transformer (MONAI ``ViT``) with configurable patch size and depth."""
+"""3D Vision Transformer (MONAI ``ViT``) with configurable patch size and depth.
+
+External weights: ``imagenet`` initialises it from torchvision's ``vit_b_16``
+(:func:`map_vit_b_16`), which needs ViT-B's sizes (:data:`VIT_B_16`).
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from monai.networks.nets import ViT
 from monai.utils import optional_import
 from torch import nn
 
+from neurotransfer.errors import SettingsError
 from neurotransfer.models.base import Backbone, LayerStage, Shape3D, require_volume_shape
+from neurotransfer.models.external_weights import (
+    Counterpart,
+    Mapped,
+    State,
+    assemble,
+    inflate_conv,
+    resize_kernel,
+    sum_rgb,
+    without_heads,
+)
 from neurotransfer.models.registry import DropoutRate, PositiveInt, register_backbone
 
 _, has_einops = optional_import("einops")
@@ -71,7 +88,164 @@ class ViT3D(Backbone):
         return [stem, *([block] for block in self.vit.blocks), [self.vit.norm]]
 
 
-@register_backbone("vit3d")
+# torchvision's vit_b_16: the sizes a vit3d must share to take its weights (fewer layers do).
+VIT_B_16 = {"hidden_size": 768, "mlp_dim": 3072, "num_heads": 12, "num_layers": 12}
+
+
+def vit_size_problem(model: Mapping[str, Any], source: Mapping[str, int]) -> str:
+    """Why a vit3d of ``model`` sizes cannot take the weights of a ViT of ``source`` sizes
+    ('' when it can), naming the ``model.options`` to change and the values to set."""
+    wrong = [
+        f"{key} {model[key]} (vit_b_16: {source[key]})"
+        for key in ("hidden_size", "mlp_dim", "num_heads")
+        if model[key] != source[key]
+    ]
+    if model["num_layers"] > source["num_layers"]:
+        wrong.append(
+            f"num_layers {model['num_layers']} (vit_b_16 has {source['num_layers']}; "
+            "fewer are fine)"
+        )
+    if not wrong:
+        return ""
+    return (
+        "pretrain=imagenet initialises vit3d from torchvision's vit_b_16, whose sizes the model "
+        f"must share; model.options has {', '.join(wrong)}: set "
+        f"hidden_size={source['hidden_size']}, mlp_dim={source['mlp_dim']}, "
+        f"num_heads={source['num_heads']}, num_layers<={source['num_layers']}"
+    )
+
+
+def map_vit_b_16(
+    source: Mapping[str, torch.Tensor],
+    backbone: nn.Module,
+    source_heads: int = VIT_B_16["num_heads"],
+) -> Mapped:
+    """MONAI 3D ViT (``vit3d``) from torchvision's ``vit_b_16``.
+
+    The patch embedding is inflated like a convolution (``[768, 3, 16, 16]`` ->
+    ``[768, 1, p_d, p_h, p_w]``: summed over RGB, resized bilinearly with the sum of the kernel
+    preserved when ``(p_h, p_w)`` is not 16x16, and I3D-inflated along depth); the 14x14 grid of
+    position embeddings is interpolated bicubically to the volume's ``(H, W)`` token grid and
+    repeated along ``D`` (depth order is left to fine-tuning); transformer blocks are copied.
+    MONAI's ViT adds no position embedding to the class token, so torchvision's class-token
+    position embedding is folded into the class token. Without ``qkv_bias`` the value bias is
+    folded exactly into the output projection's bias (attention rows sum to one), the key bias
+    does not change the softmax, and the query bias is dropped, which is the one inexact step
+    (besides MONAI's LayerNorm epsilon, 1e-5 against 1e-6). ``source_heads``: the source ViT's
+    number of heads, which its state dict does not record.
+    """
+    spec = getattr(backbone, "spec", None)
+    options = spec.options if spec is not None else {}
+    target = backbone.state_dict()
+    sizes = {
+        "hidden_size": target["vit.norm.weight"].shape[0],
+        "mlp_dim": target["vit.blocks.0.mlp.linear1.weight"].shape[0],
+        "num_heads": options.get("num_heads", source_heads),
+        "num_layers": len({k.split(".")[2] for k in target if k.startswith("vit.blocks.")}),
+    }
+    source_sizes = {
+        "hidden_size": source["conv_proj.weight"].shape[0],
+        "mlp_dim": source["encoder.layers.encoder_layer_0.mlp.0.weight"].shape[0],
+        "num_heads": source_heads,
+        "num_layers": len({k.split(".")[2] for k in source if k.startswith("encoder.layers.")}),
+    }
+    problem = vit_size_problem(sizes, source_sizes)
+    if problem:
+        raise SettingsError(problem)
+    hidden, layers = sizes["hidden_size"], sizes["num_layers"]
+
+    mapped: State = {}
+    used: set[str] = set()
+    patch_key = "vit.patch_embedding.patch_embeddings.weight"
+    p_d, p_h, p_w = target[patch_key].shape[2:]
+    kernel = resize_kernel(sum_rgb(source["conv_proj.weight"]), (p_h, p_w))
+    mapped[patch_key] = inflate_conv(kernel, p_d)
+    mapped["vit.patch_embedding.patch_embeddings.bias"] = source["conv_proj.bias"]
+    used |= {"conv_proj.weight", "conv_proj.bias"}
+
+    pos = source["encoder.pos_embedding"]  # [1, 1 + g*g, hidden]
+    cls_pos, grid_pos = pos[:, :1], pos[:, 1:]
+    n_tokens = target["vit.patch_embedding.position_embeddings"].shape[1]
+    shape = spec.input_shape if spec is not None else None
+    if shape is None:
+        raise ValueError("vit3d backbone without a build record (use build_backbone)")
+    tokens = (shape[0] // p_d, shape[1] // p_h, shape[2] // p_w)
+    if tokens[0] * tokens[1] * tokens[2] != n_tokens:
+        raise ValueError(f"vit3d token grid {tokens} does not give {n_tokens} tokens")
+    mapped["vit.patch_embedding.position_embeddings"] = _position_grid(grid_pos, tokens)
+    if "vit.cls_token" in target:
+        mapped["vit.cls_token"] = source["class_token"] + cls_pos
+    used |= {"encoder.pos_embedding", "class_token"}
+
+    for i in range(layers):
+        used |= _map_vit_block(source, target, mapped, i, hidden)
+    mapped["vit.norm.weight"] = source["encoder.ln.weight"]
+    mapped["vit.norm.bias"] = source["encoder.ln.bias"]
+    used |= {"encoder.ln.weight", "encoder.ln.bias"}
+    unused = [k for k in without_heads(source) if k not in used]
+    return assemble(target, mapped, unused, "vit3d", "ImageNet vit_b_16")
+
+
+def _position_grid(grid_pos: torch.Tensor, tokens: tuple[int, int, int]) -> torch.Tensor:
+    """The source's square grid of position embeddings ``[1, g*g, hidden]``, interpolated
+    bicubically to the volume's ``(H, W)`` token grid and repeated along ``D``."""
+    g_d, g_h, g_w = tokens
+    side = round(grid_pos.shape[1] ** 0.5)
+    grid = grid_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    if (g_h, g_w) != (side, side):
+        grid = F.interpolate(grid.float(), size=(g_h, g_w), mode="bicubic", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, 1, g_h * g_w, -1).repeat(1, g_d, 1, 1)
+    return grid.reshape(1, g_d * g_h * g_w, -1)
+
+
+def _map_vit_block(
+    source: Mapping[str, torch.Tensor],
+    target: Mapping[str, torch.Tensor],
+    mapped: State,
+    index: int,
+    hidden: int,
+) -> set[str]:
+    """Transformer block ``index`` into ``mapped``; returns the source keys it used."""
+    src = f"encoder.layers.encoder_layer_{index}."
+    dst = f"vit.blocks.{index}."
+    used: set[str] = set()
+    pairs = {
+        "ln_1": "norm1",
+        "ln_2": "norm2",
+        "mlp.0": "mlp.linear1",
+        "mlp.3": "mlp.linear2",
+        "self_attention.out_proj": "attn.out_proj",
+    }
+    for old, new in pairs.items():
+        for leaf in ("weight", "bias"):
+            mapped[f"{dst}{new}.{leaf}"] = source[f"{src}{old}.{leaf}"]
+            used.add(f"{src}{old}.{leaf}")
+    in_weight = source[f"{src}self_attention.in_proj_weight"]
+    in_bias = source[f"{src}self_attention.in_proj_bias"]
+    mapped[f"{dst}attn.qkv.weight"] = in_weight
+    if f"{dst}attn.qkv.bias" in target:
+        mapped[f"{dst}attn.qkv.bias"] = in_bias
+    else:
+        # No qkv bias in the model: fold the value bias into the output projection
+        # (softmax rows sum to one); the key bias is softmax-invariant; the query bias is lost.
+        v_bias = in_bias[2 * hidden :]
+        out_w = source[f"{src}self_attention.out_proj.weight"]
+        out_b = source[f"{src}self_attention.out_proj.bias"]
+        mapped[f"{dst}attn.out_proj.bias"] = out_b + out_w @ v_bias
+    used |= {f"{src}self_attention.in_proj_weight", f"{src}self_attention.in_proj_bias"}
+    return used
+
+
+IMAGENET_VIT_B_16 = Counterpart(
+    "imagenet",
+    "vit_b_16",
+    "IMAGENET1K_V1",
+    map_vit_b_16,
+    lambda options: vit_size_problem(options, VIT_B_16),
+)
+
+
+@register_backbone("vit3d", external=[IMAGENET_VIT_B_16])
 def build_vit3d(
     input_shape: Shape3D,
     *,

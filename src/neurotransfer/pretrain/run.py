@@ -3,8 +3,9 @@
 1. Check that ``pretrain.source`` can initialise ``model.name`` (before reading anything).
 2. Build the backbone with ``pretrain.seed`` (its own initialisation: the ``scratch`` result).
 3. ``imagenet`` / ``kinetics``: fetch the torchvision weights (:mod:`.external`) and map them
-   onto the backbone (:mod:`.inflation`). ``synthetic`` / ``ssl``: train on the synthetic
-   volumes or the real pool with Lightning (:mod:`.module`), logging to ``pretrain.log_dir``.
+   onto the backbone with the mapping its model family declares (:mod:`.sources`).
+   ``synthetic`` / ``ssl``: train on the synthetic volumes or the real pool with Lightning
+   (:mod:`.module`), logging to ``pretrain.log_dir``.
 4. Ridge age probe on frozen features of the real pool (:mod:`.probe`), for every source.
 5. Write ``models/pretrained/`` (``backbone.safetensors`` + ``meta.json``, filled in a hidden
    temporary folder and renamed into place) and then ``metrics/pretrain.json``.
@@ -23,15 +24,14 @@ import lightning as L
 import torch
 
 from neurotransfer.atomic import atomic_directory, write_json_atomic
-from neurotransfer.config import Settings
+from neurotransfer.config import EXTERNAL_SOURCES, TRAINED_SOURCES, Settings
 from neurotransfer.data.manifest import manifest_path
 from neurotransfer.models import build_backbone, save_backbone
 from neurotransfer.pretrain import data as pdata
 from neurotransfer.pretrain.external import external_weights
-from neurotransfer.pretrain.inflation import map_external
 from neurotransfer.pretrain.module import ObjectiveConfig, PretrainModule, PretrainOptim
 from neurotransfer.pretrain.probe import age_probe, extract_features
-from neurotransfer.pretrain.sources import EXTERNAL_SOURCES, TRAINED_SOURCES, check_source
+from neurotransfer.pretrain.sources import check_source, map_external
 from neurotransfer.runtime import json_ready, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
