@@ -26,7 +26,8 @@ import pandas as pd
 from machine_info import load, machine
 
 from neurotransfer.config import PreprocessSettings
-from neurotransfer.data.pipeline import init_worker, process_one_scan, process_scans
+from neurotransfer.data.worker import init_worker, process_one_scan
+from neurotransfer.stages.preprocess import process_scans
 
 REPO = Path(__file__).resolve().parents[1]
 GRID_2MM = {"spacing": (2.0, 2.0, 2.0), "shape": (80, 96, 80)}

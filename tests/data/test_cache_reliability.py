@@ -24,7 +24,7 @@ from neurotransfer.atomic import OutputError, OutputLocked, output_lock
 from neurotransfer.config import DataSettings, PreprocessSettings
 from neurotransfer.data.cache import cached_array_problem, file_sha256
 from neurotransfer.data.manifest import read_manifest
-from neurotransfer.data.pipeline import run_preprocess
+from neurotransfer.stages.preprocess import run_preprocess
 
 from .test_pipeline import _downstream, _settings
 
@@ -126,7 +126,7 @@ import os, sys, time
 from pathlib import Path
 import neurotransfer.data.preprocessing as preprocessing
 from neurotransfer.config import DataSettings
-from neurotransfer.data.pipeline import run_preprocess
+from neurotransfer.stages.preprocess import run_preprocess
 root = Path(sys.argv[1])
 real = preprocessing.preprocess_scan
 def traced(source, space, seed):
@@ -229,7 +229,7 @@ def test_interrupted_rerun_keeps_the_previous_outputs_byte_identical(
 def test_a_full_disk_stops_the_run_clearly_and_keeps_the_previous_outputs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from neurotransfer.data import pipeline
+    from neurotransfer.data import worker
 
     settings = small_study(tmp_path, n=2)
     run_preprocess(settings, tmp_path, progress=False)
@@ -241,7 +241,7 @@ def test_a_full_disk_stops_the_run_clearly_and_keeps_the_previous_outputs(
     regridded = settings.model_copy(
         update={"preprocess": PreprocessSettings(registration=False, workers=1, shape=(36, 44, 36))}
     )
-    monkeypatch.setattr(pipeline.np, "save", disk_full)
+    monkeypatch.setattr(worker.np, "save", disk_full)
     with pytest.raises(OutputError, match=r"data/processed: cannot write the output: No space"):
         run_preprocess(regridded, tmp_path, progress=False)
     assert outputs(tmp_path) == previous

@@ -18,10 +18,11 @@ import nibabel as nib
 import pytest
 from pydantic import ValidationError
 
+import neurotransfer.data.ingest as ingest_module
 from neurotransfer.config import DataSettings, LabelBounds, PreprocessSettings, SplitSettings
-from neurotransfer.data import pipeline, read_manifest
+from neurotransfer.data import read_manifest
 from neurotransfer.data.ingest import DatasetError, ingest
-from neurotransfer.data.pipeline import run_preprocess
+from neurotransfer.stages.preprocess import run_preprocess
 
 from .niftis import mni_phantom
 
@@ -162,7 +163,7 @@ def test_file_vanishing_before_hashing_excludes_only_that_scan(
         gone.unlink()  # deleted by someone else between ingest and cache-key hashing
         return found
 
-    monkeypatch.setattr(pipeline, "ingest", ingest_then_delete)
+    monkeypatch.setattr(ingest_module, "ingest", ingest_then_delete)
     metrics = run_preprocess(
         _settings(ds={"path": "raw", "role": "pool"}), tmp_path, progress=False
     )
@@ -238,7 +239,7 @@ def test_an_output_path_leaving_the_processed_folder_is_never_written(
         scans.loc[0, "scan_id"] = "../../../escaped"
         return scans, issues
 
-    monkeypatch.setattr(pipeline, "ingest", ingest_letting_through)
+    monkeypatch.setattr(ingest_module, "ingest", ingest_letting_through)
     run_preprocess(_settings(ds={"path": "raw", "role": "pool"}), repo, progress=False)
     assert _npy_files_outside(repo / "data" / "processed", tmp_path) == []
     row = read_manifest(repo / "data/processed/manifest.csv").iloc[0]

@@ -19,8 +19,8 @@ from neurotransfer.config import (
 )
 from neurotransfer.data import TaskDataModule, load_cached_volume, read_manifest, select_task_rows
 from neurotransfer.data.ingest import DatasetError, ingest
-from neurotransfer.data.pipeline import process_scans, run_preprocess
 from neurotransfer.data.splits import SplitError, assign_splits
+from neurotransfer.stages.preprocess import process_scans, run_preprocess
 
 from .niftis import mni_phantom, write_bids
 

@@ -1,7 +1,8 @@
 """The manifest contract: ``<processed_dir>/manifest.csv``, one row per scan.
 
-``preprocess`` writes it; every later stage reads it through :func:`read_manifest`, so its path,
-its column types, its validation and the one "manifest not found" message live here. Row
+``preprocess`` writes it through :func:`write_manifest`; every later stage reads it through
+:func:`read_manifest`, so its path, its columns and their types, its validation and the one
+"manifest not found" message live here. Row
 selection that several stages share (the upstream pool) lives here too; a task's labelled rows
 are :func:`neurotransfer.data.tasks.select_task_rows`.
 """
@@ -19,6 +20,18 @@ MANIFEST_NAME = "manifest.csv"
 SCAN_LABEL_COLUMNS = ["dataset", "site", "role", "age", "sex", "diagnosis"]
 # DESIGN.md's manifest columns, in order; extra columns follow them.
 MANIFEST_COLUMNS = ["subject_id", *SCAN_LABEL_COLUMNS, "split", "path", "exclusion_reason"]
+# What the preprocess stage adds after them, in this order.
+EXTRA_COLUMNS = [
+    "fold",  # cross-validation fold of a `cv` scan (data.splits.mode kfold), empty otherwise
+    "scan_id",
+    "source_path",
+    "cache_key",
+    "array_sha256",
+    "qc_template_corr",
+    "qc_brain_coverage",
+    "registration_scale",
+    "qc_outlier",
+]
 # Read as strings (a missing value is the empty string, never NaN): ids such as "0012" and site
 # names such as "NA" must survive a round trip unchanged.
 TEXT_COLUMNS = (
@@ -49,6 +62,13 @@ POOL = "pool"
 def manifest_path(processed_dir: str | Path, root: str | Path = ".") -> Path:
     """Where the manifest of ``processed_dir`` lives (``root``: the repository root)."""
     return Path(root) / processed_dir / MANIFEST_NAME
+
+
+def write_manifest(scans: pd.DataFrame, folder: str | Path) -> pd.DataFrame:
+    """Write `scans`' manifest columns to ``<folder>/manifest.csv``; return the table written."""
+    manifest = scans[MANIFEST_COLUMNS + EXTRA_COLUMNS]
+    manifest.to_csv(Path(folder) / MANIFEST_NAME, index=False, float_format="%.6g")
+    return manifest
 
 
 def require_manifest(path: str | Path) -> Path:

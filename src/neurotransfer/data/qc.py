@@ -1,4 +1,4 @@
-"""QC outputs: per-site montages of preprocessed scans and the per-scan QC table."""
+"""QC: the outlier rule, per-site montages of preprocessed scans and the per-scan QC table."""
 
 from __future__ import annotations
 
@@ -14,6 +14,29 @@ from neurotransfer.data.cache import load_cached_volume
 
 MONTAGE_SCANS = 12  # scans per site montage (the lowest template correlations first)
 MONTAGE_COLUMNS = 3
+
+
+def robust_low_outliers(values: pd.Series, threshold: float = 3.5) -> pd.Series:
+    """Low outliers by the median/MAD modified z-score (Iglewicz and Hoaglin's 3.5)."""
+    median = values.median()
+    mad = (values - median).abs().median()
+    if not mad > 0:
+        return pd.Series(False, index=values.index)
+    return 0.6745 * (values - median) / mad < -threshold
+
+
+def qc_outliers(scans: pd.DataFrame, min_template_correlation: float) -> pd.Series:
+    """Which scans are QC outliers, among those not excluded by their ``split``.
+
+    An outlier's template correlation is below `min_template_correlation` or a low outlier
+    within its dataset (:func:`robust_low_outliers`).
+    """
+    ok = scans["split"] != "excluded"
+    outliers = pd.Series(False, index=scans.index)
+    outliers.loc[ok] = (scans.loc[ok, "qc_template_corr"] < min_template_correlation) | scans[
+        ok
+    ].groupby("dataset")["qc_template_corr"].transform(robust_low_outliers)
+    return outliers
 
 
 def orthogonal_views(volume: np.ndarray) -> np.ndarray:
