@@ -25,9 +25,12 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from neurotransfer.config import AutoencoderNetSettings, DiffusionNetSettings
+from neurotransfer.runtime import json_ready
+from neurotransfer.synth.networks import build_autoencoder, build_unet
 
 MODEL_FORMAT = "neurotransfer-ldm/1"
 AUTOENCODER_FILE = "autoencoder.safetensors"
@@ -41,13 +44,9 @@ def _contiguous_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_ldm(folder: Path, autoencoder: nn.Module, unet: nn.Module, config: dict[str, Any]) -> None:
     """Write the two networks as safetensors and ``config`` (JSON-ready) next to them."""
-    from safetensors.torch import save_file
-
     folder.mkdir(parents=True, exist_ok=True)
     save_file(_contiguous_state(autoencoder), str(folder / AUTOENCODER_FILE))
     save_file(_contiguous_state(unet), str(folder / UNET_FILE))
-    from neurotransfer.runtime import json_ready
-
     payload = json_ready({"format": MODEL_FORMAT, **config})
     (folder / CONFIG_FILE).write_text(
         json.dumps(payload, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8"
@@ -56,10 +55,6 @@ def save_ldm(folder: Path, autoencoder: nn.Module, unet: nn.Module, config: dict
 
 def load_ldm(folder: Path) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
     """Rebuild the networks saved by :func:`save_ldm` and load their weights."""
-    from safetensors.torch import load_file
-
-    from neurotransfer.synth.networks import build_autoencoder, build_unet
-
     config_path = folder / CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path}: model config not found (run `synthesize`)")
