@@ -16,7 +16,7 @@ import yaml
 from neurotransfer.cli import main
 from neurotransfer.data.manifest import has_pool
 from neurotransfer.runtime import json_ready
-from neurotransfer.synth import pipeline
+from neurotransfer.stages import synthesize as stage
 from neurotransfer.synth.bundle import to_legacy_layout
 from neurotransfer.synth.networks import build_autoencoder, build_unet
 from neurotransfer.synth.store import load_ldm
@@ -35,7 +35,7 @@ def hidden_leftovers(root: Path) -> list[Path]:
 @pytest.mark.slow
 def test_stage_trains_samples_and_writes_every_output(tmp_path: Path) -> None:
     write_phantom_pool(tmp_path, n_pool=16, shape=SHAPE)
-    metrics = pipeline.run_synthesize(tiny_settings(), tmp_path)
+    metrics = stage.run_synthesize(tiny_settings(), tmp_path)
     json.dumps(json_ready(metrics), allow_nan=False)
 
     assert metrics["pool"]["n_train"] + metrics["pool"]["n_heldout"] == 16
@@ -99,9 +99,9 @@ def test_a_failing_run_leaves_no_outputs(tmp_path: Path, monkeypatch: pytest.Mon
     def fail(*args: object, **kwargs: object) -> None:
         raise RuntimeError("killed while drawing the montage")
 
-    monkeypatch.setattr(pipeline.report, "samples_by_age", fail)
+    monkeypatch.setattr("neurotransfer.synth.report.samples_by_age", fail)
     with pytest.raises(RuntimeError, match="killed while drawing"):
-        pipeline.run_synthesize(
+        stage.run_synthesize(
             tiny_settings(autoencoder={"epochs": 1}, diffusion={"epochs": 1}), tmp_path
         )
     for output in OUTPUTS:
@@ -138,7 +138,7 @@ def test_pretrained_bundle_weights_sample_on_their_grid_and_are_resampled(
             "spacing": [2.0, 2.0, 2.0],
         },
     )
-    metrics = pipeline.run_synthesize(settings, tmp_path)
+    metrics = stage.run_synthesize(settings, tmp_path)
     assert metrics["source"] == "pretrained"
     assert metrics["model"]["pretrained"]["layouts"] == {
         "autoencoder": "generative",
@@ -166,7 +166,7 @@ def test_without_a_pool_the_stage_writes_notes_and_records_the_skip(tmp_path: Pa
     manifest = drop_pool_role(tmp_path)
     assert not has_pool(manifest)
 
-    metrics = pipeline.run_synthesize(tiny_settings(), tmp_path)
+    metrics = stage.run_synthesize(tiny_settings(), tmp_path)
 
     assert "no upstream pool" in metrics["skipped"] and str(manifest) in metrics["skipped"]
     for output in OUTPUTS:  # every declared output exists, holding only the note
@@ -187,7 +187,7 @@ def test_when_needed_the_stage_skips_unless_pretraining_reads_synthetic_volumes(
     settings = tiny_settings(when="needed")
     assert settings.pretrain.source == "scratch"
 
-    metrics = pipeline.run_synthesize(settings, tmp_path)
+    metrics = stage.run_synthesize(settings, tmp_path)
 
     assert "pretrain.source is 'scratch'" in metrics["skipped"]
     assert "synthesize.when=always" in metrics["skipped"]
@@ -197,8 +197,8 @@ def test_when_needed_the_stage_skips_unless_pretraining_reads_synthetic_volumes(
     synthetic = settings.model_copy(
         update={"pretrain": settings.pretrain.model_copy(update={"source": "synthetic"})}
     )
-    assert pipeline.not_needed_reason(synthetic) is None
-    assert pipeline.not_needed_reason(tiny_settings(when="always")) is None
+    assert stage.not_needed_reason(synthetic) is None
+    assert stage.not_needed_reason(tiny_settings(when="always")) is None
 
 
 def test_a_manifest_without_roles_is_an_error_naming_it(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@
 - ``sampling``: batched DDIM sampling (LatentDiffusionInferer), grid resampling
 - ``bundle``: loading the MONAI model-zoo brain LDM weights (old GenerativeModels layout)
 - ``quality``: reconstruction, diversity, realism, memorisation and conditioning checks
-- ``report``: pictures; ``store``: model folder and BIDS-like dataset
-- ``pipeline``: the ``synthesize`` stage's work, end to end
+- ``report``: pictures; ``store``: model folder, BIDS-like dataset and its participants table
+
+The ``synthesize`` stage that runs them end to end is :mod:`neurotransfer.stages.synthesize`.
 """

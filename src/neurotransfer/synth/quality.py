@@ -220,7 +220,8 @@ def memorisation_check(
     )
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> float | None:
+def pearson(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Pearson r, or None when it is undefined (fewer than 3 points, or a constant series)."""
     if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
         return None
     return float(np.corrcoef(x, y)[0, 1])
@@ -234,7 +235,7 @@ def conditioning_agreement(requested: pd.DataFrame, measured: np.ndarray) -> dic
         got = measured[:, column]
         slope = float(np.polyfit(asked, got, 1)[0]) if np.std(asked) > 0 else None
         result[name] = {
-            "pearson_r": _pearson(asked, got),
+            "pearson_r": pearson(asked, got),
             "slope": slope,
             "mean_abs_error_ml": float(np.abs(got - asked).mean()),
             "mean_error_ml": float((got - asked).mean()),

@@ -10,8 +10,9 @@ and ``sub-synthNNNN/anat/sub-synthNNNN_T1w.nii.gz`` float32 volumes in [0, 1] on
 centred on the origin at the target spacing, gzip-compressed with mtime 0 so that identical
 volumes give identical bytes.
 
-The pipeline fills each output folder through ``neurotransfer.atomic.atomic_directory``, so a
-killed run leaves the previous outputs or nothing, never a half-written folder.
+The ``synthesize`` stage (:mod:`neurotransfer.stages.synthesize`) fills each output folder
+through ``neurotransfer.atomic.atomic_directory``, so a killed run leaves the previous outputs or
+nothing, never a half-written folder.
 """
 
 from __future__ import annotations
@@ -25,9 +26,14 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from neurotransfer.config import AutoencoderNetSettings, DiffusionNetSettings
+from neurotransfer.runtime import json_ready
+from neurotransfer.synth.covariates import COVARIATES
+from neurotransfer.synth.networks import build_autoencoder, build_unet
+from neurotransfer.synth.quality import MemorisationResult
 
 MODEL_FORMAT = "neurotransfer-ldm/1"
 AUTOENCODER_FILE = "autoencoder.safetensors"
@@ -41,13 +47,9 @@ def _contiguous_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_ldm(folder: Path, autoencoder: nn.Module, unet: nn.Module, config: dict[str, Any]) -> None:
     """Write the two networks as safetensors and ``config`` (JSON-ready) next to them."""
-    from safetensors.torch import save_file
-
     folder.mkdir(parents=True, exist_ok=True)
     save_file(_contiguous_state(autoencoder), str(folder / AUTOENCODER_FILE))
     save_file(_contiguous_state(unet), str(folder / UNET_FILE))
-    from neurotransfer.runtime import json_ready
-
     payload = json_ready({"format": MODEL_FORMAT, **config})
     (folder / CONFIG_FILE).write_text(
         json.dumps(payload, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8"
@@ -56,10 +58,6 @@ def save_ldm(folder: Path, autoencoder: nn.Module, unet: nn.Module, config: dict
 
 def load_ldm(folder: Path) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
     """Rebuild the networks saved by :func:`save_ldm` and load their weights."""
-    from safetensors.torch import load_file
-
-    from neurotransfer.synth.networks import build_autoencoder, build_unet
-
     config_path = folder / CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path}: model config not found (run `synthesize`)")
@@ -94,6 +92,30 @@ def nifti_gz_bytes(volume: np.ndarray, affine: np.ndarray) -> bytes:
 def participant_ids(n: int) -> list[str]:
     width = max(4, len(str(n)))
     return [f"sub-synth{i:0{width}d}" for i in range(1, n + 1)]
+
+
+def participants_table(
+    requested: pd.DataFrame,
+    scaled: np.ndarray,
+    measured: np.ndarray,
+    memorisation: MemorisationResult,
+) -> pd.DataFrame:
+    """``participants.tsv``: requested covariates (raw and as given to the model), the volumes
+    measured on each sample, and its memorisation check."""
+    columns = {
+        "participant_id": participant_ids(len(requested)),
+        "age": requested["age"].round(2).to_numpy(),
+        "sex": requested["sex"].to_numpy(),
+    }
+    for i, name in enumerate(COVARIATES):
+        if name.endswith("_ml"):
+            columns[name] = requested[name].round(2).to_numpy()
+        columns[f"{name.removesuffix('_ml')}_scaled"] = scaled[:, i]
+    columns["measured_csf_volume_ml"] = measured[:, 0]
+    columns["measured_brain_volume_ml"] = measured[:, 1]
+    columns["nearest_training_rms"] = memorisation.sample_distance
+    columns["memorisation_flag"] = memorisation.flagged.astype(int)
+    return pd.DataFrame(columns)
 
 
 PARTICIPANT_COLUMNS: dict[str, str] = {
