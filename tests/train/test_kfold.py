@@ -22,7 +22,7 @@ from neurotransfer.data.splits import (
     fold_split,
 )
 from neurotransfer.data.tasks import TaskDataError
-from neurotransfer.evaluation.run import FoldPredictions, combine_folds
+from neurotransfer.evaluation.folds import FoldPredictions, combine_folds
 from tests.train.cached_cohort import (
     cohort_settings,
     finetune_and_evaluate,

@@ -1,11 +1,14 @@
 """Evaluation science: metrics, subject-level bootstrap intervals, baselines, site probe, plots.
 
 Pure functions over numpy arrays and pandas tables; no files are discovered and no settings
-read here (``run.evaluate_task`` and the ``evaluate`` stage do that).
+read here (the ``evaluate`` stage, ``stages/evaluate.py``, does that and hands over tables).
 
 - ``metrics``: binary and regression point metrics, the linear brain-age bias correction
 - ``bootstrap``: subject-level, class-stratified percentile intervals; per-split, per-site table
 - ``baselines``: training-mean predictor and a linear model on downsampled voxels
+- ``baseline_comparison``: the baselines scored on the model's subjects, paired model - ridge
+- ``scoring``: per-seed fits on validation, ensemble members, site probe, predictions table
+- ``folds``: cross-validation folds' predictions put together
 - ``site_probe``: logistic-regression site probe on backbone features, OpenBHB combined score
 - ``plots``: ROC / calibration / predicted-vs-true tables for ``dvc plots`` and PNG figures
 """
