@@ -30,7 +30,7 @@ from neurotransfer.models import (
     registry,
 )
 from neurotransfer.models.external_weights import inflate_conv, sum_rgb
-from neurotransfer.pretrain.run import run_pretrain
+from neurotransfer.stages.pretrain import run_pretrain
 from tests.pretrain.helpers import SHAPE, make_project, settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -15,10 +15,9 @@ from torchvision.models.video.resnet import BasicBlock, BasicStem, Conv3DSimple,
 
 from neurotransfer.config import SettingsError
 from neurotransfer.models import load_backbone
-from neurotransfer.pretrain import run as run_module
 from neurotransfer.pretrain.data import read_synthetic_scans
 from neurotransfer.pretrain.probe import age_probe
-from neurotransfer.pretrain.run import run_pretrain
+from neurotransfer.stages.pretrain import run_pretrain
 from tests.pretrain.helpers import SHAPE, make_project, settings
 from tests.synth.phantoms import drop_pool_role
 
@@ -155,7 +154,8 @@ def test_failed_run_leaves_previous_outputs(
     def explode(*args: object, **kwargs: object) -> None:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(run_module, "save_backbone", explode)
+    # The stage imports save_backbone when it runs (a function-level import): patch its home.
+    monkeypatch.setattr("neurotransfer.models.save_backbone", explode)
     with pytest.raises(RuntimeError, match="disk full"):
         run_pretrain(settings({"source": "scratch", "seed": 1}), root)
     assert (root / "models" / "pretrained" / "meta.json").read_text() == before

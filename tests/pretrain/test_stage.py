@@ -11,7 +11,7 @@ import yaml
 
 from neurotransfer.cli import main
 from neurotransfer.config import SettingsError
-from neurotransfer.pretrain.run import run_pretrain
+from neurotransfer.stages.pretrain import run_pretrain
 from neurotransfer.train.finetune import initial_backbone
 from tests.pretrain.helpers import TINY_SFCN, make_project, raw_settings, settings
 

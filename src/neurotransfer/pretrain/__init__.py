@@ -5,7 +5,8 @@ One source per run (``pretrain.source``): ``scratch`` (the architecture's own in
 adapted by the mapping each backbone declares beside its builder, read by :mod:`.sources`),
 ``synthetic`` (covariate regression and/or self-supervision on the synthesize stage's volumes)
 and ``ssl`` (SimCLR and/or masked reconstruction on the real upstream pool), see
-:mod:`.objectives`. Every run writes ``models/pretrained/`` (``backbone.safetensors`` +
-``meta.json``) and the ridge age probe of :mod:`.probe` to ``metrics/pretrain.json``;
-:func:`neurotransfer.pretrain.run.run_pretrain` orchestrates.
+:mod:`.objectives`, trained in Lightning by :mod:`.training`. Every run writes
+``models/pretrained/`` (``backbone.safetensors`` + ``meta.json``) and the ridge age probe of
+:mod:`.probe` to ``metrics/pretrain.json``; :func:`neurotransfer.stages.pretrain.run_pretrain`
+orchestrates.
 """

@@ -18,8 +18,10 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
+from torchvision.models import get_model_weights
 
 from neurotransfer.config import SettingsError
+from neurotransfer.models.weights import read_state_dict as read_weights_file
 from neurotransfer.pretrain.data import file_sha256
 from neurotransfer.pretrain.sources import counterpart
 
@@ -40,8 +42,6 @@ class ExternalWeights:
 
 def weights_member(model: str, name: str) -> Any:
     """The member ``name`` of torchvision's weights enum for ``model`` (``IMAGENET1K_V1``...)."""
-    from torchvision.models import get_model_weights
-
     enum = get_model_weights(model)
     try:
         return enum[name]
@@ -63,8 +63,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     Read by :func:`neurotransfer.models.weights.read_state_dict` (safetensors or weights-only
     torch, pickle refused, ``{"state_dict": ...}`` checkpoints unwrapped).
     """
-    from neurotransfer.models.weights import read_state_dict as read_weights_file
-
     path = Path(path)
     if not path.is_file():
         raise WeightsUnavailableError(f"pretrain.weights_path: {path} does not exist")
