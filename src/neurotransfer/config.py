@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from omegaconf import OmegaConf
 from pydantic import (
     BaseModel,
@@ -939,11 +940,11 @@ class PretrainSettings(Strict):
     max_volumes: PositiveInt | None = None  # cap on training volumes (quick runs)
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     precision: Literal["auto", "32", "bf16-mixed"] = "auto"
-    seed: NonNegativeInt = 0
     synthetic_dir: str = paths.SYNTHETIC_DIR
     out_dir: str = paths.PRETRAINED_DIR
     metrics_path: str = paths.PRETRAIN_METRICS
     log_dir: str = paths.PRETRAIN_LOG_DIR
+    seed: NonNegativeInt = 0
 
     @model_validator(mode="after")
     def _objectives_fit_source(self) -> PretrainSettings:
@@ -1397,3 +1398,17 @@ def load_settings(path: str | Path = "params.yaml") -> Settings:
     if not isinstance(raw, dict):
         raise SettingsError(f"{path}: expected a mapping at the top level")
     return settings_from_dict(raw, source=str(path))
+
+
+def declared_task_names(params_text: str) -> set[str] | None:
+    """The task names a ``params.yaml`` text declares, or None when it declares none readably.
+
+    For the ``params.yaml`` of another revision (``neurotransfer report --revs``, ``compare``): it
+    may predate today's schema, so only ``tasks`` is read, not the whole file validated.
+    """
+    try:
+        raw = yaml.safe_load(params_text)
+    except yaml.YAMLError:
+        return None
+    tasks = raw.get("tasks") if isinstance(raw, dict) else None
+    return set(tasks) if isinstance(tasks, dict) else None

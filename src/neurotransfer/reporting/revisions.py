@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pandas as pd
-import yaml
 
 from neurotransfer import paths
+from neurotransfer.config import declared_task_names
 
 log = logging.getLogger(__name__)
 
@@ -172,11 +172,9 @@ def seed_columns(predictions: pd.DataFrame, source: str) -> dict[int | None, str
 def declared_tasks(reader: Reader) -> set[str] | None:
     """The task names of the revision's params.yaml, or None when it has none to read."""
     try:
-        params = yaml.safe_load(reader.read_text("params.yaml"))
-    except (RevisionError, yaml.YAMLError):
+        return declared_task_names(reader.read_text("params.yaml"))
+    except RevisionError:
         return None
-    tasks = params.get("tasks") if isinstance(params, dict) else None
-    return set(tasks) if isinstance(tasks, dict) else None
 
 
 def read_revision(
