@@ -20,7 +20,7 @@ from neurotransfer.train.checkpoint import (
     member_file,
     save_task_model,
 )
-from neurotransfer.train.predict import member_column
+from neurotransfer.train.columns import member_column
 from tests.train.cached_cohort import SHAPE, cohort_settings, write_cohort
 
 CONF = Path(__file__).resolve().parents[2] / "conf"

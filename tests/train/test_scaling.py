@@ -14,7 +14,8 @@ import yaml
 
 from neurotransfer.compose import compose_params
 from neurotransfer.config import Settings, SettingsError, settings_from_dict
-from neurotransfer.train.scaling import CURVE_COLUMNS, nested_subsets, subject_order
+from neurotransfer.stages.scaling import CURVE_COLUMNS
+from neurotransfer.train.scaling import nested_subsets, subject_order
 from tests.train.cached_cohort import SHAPE, cohort_settings, write_cohort
 
 CONF = Path(__file__).resolve().parents[2] / "conf"

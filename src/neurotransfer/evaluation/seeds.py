@@ -44,6 +44,7 @@ from neurotransfer.evaluation.metrics import (
     check_regression,
     regression_metrics_unchecked,
 )
+from neurotransfer.train.columns import seed_column
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +64,6 @@ METRIC_RANGES: dict[str, tuple[float, float]] = {
     "r2": (-np.inf, 1.0),
     "mean_error": (-np.inf, np.inf),
 }
-
-
-def seed_column(seed_value: int) -> str:
-    """Predictions column of the model (or ensemble) trained with seed value `seed_value`;
-    ``neurotransfer compare`` reads these columns."""
-    return f"prediction_seed{seed_value}"
 
 
 def corrected_seed_column(seed_value: int) -> str:

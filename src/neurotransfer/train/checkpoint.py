@@ -31,6 +31,7 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 
 from neurotransfer.atomic import atomic_directory
+from neurotransfer.models import TaskHead, build_backbone
 from neurotransfer.train.module import OptimConfig, TaskModule
 
 MODEL_FILE = "model.safetensors"
@@ -170,8 +171,6 @@ def load_task_models(
 ) -> tuple[list[TaskModule], dict[str, Any]]:
     """Rebuild the saved TaskModule(s) of one folder (one seed's) in eval mode, with the
     metadata: one module for a single model, one per member for an ensemble."""
-    from neurotransfer.models import TaskHead, build_backbone
-
     directory = Path(directory)
     # One seed's folder: models/finetuned/<task>/seed<k>/ (or .../fold<f>/seed<k>/)
     task = task or directory.parent.name

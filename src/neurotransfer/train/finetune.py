@@ -1,53 +1,36 @@
-"""Fine-tune one task: the recipe is identical for every initialisation.
+"""Fine-tune one network on one task: the recipe is identical for every initialisation.
 
-Reads the processed cohort through the data package's ``TaskDataModule``, builds the backbone
-named in ``settings.model`` with the ``pretrain`` stage's weights (``models/pretrained/``, for
-every source, ``scratch`` included), trains a TaskModule once per fine-tuning seed
-(``finetune.seeds``; each seed a single network or a deep ensemble) and saves them all as
-safetensors (layout: ``train.checkpoint``). With cross-validation (``data.splits.mode: kfold``)
-it does so in every fold.
+Reads the processed cohort through the data package's ``TaskDataModule`` (`task_datamodule`),
+builds the backbone named in ``settings.model`` with the ``pretrain`` stage's weights
+(``models/pretrained/``, for every source, ``scratch`` included: `initial_backbone`), adds a
+task head and trains the TaskModule (`train_task`). The ``finetune@<task>`` stage
+(``neurotransfer.stages.finetune``) runs this once per fine-tuning seed, ensemble member and
+cross-validation fold and saves the models; the ``scaling`` stage runs it on subsets of the
+training subjects.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import multiprocessing
-import os
-import platform
-import shutil
-import time
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning as L
-import numpy as np
+import pandas as pd
 import torch
 
 from neurotransfer.config import FinetuneSettings, Settings, SettingsError, TaskSettings
+from neurotransfer.data.datamodule import TaskDataModule
 from neurotransfer.data.manifest import manifest_path, require_manifest
-from neurotransfer.paths import finetune_log_dir, finetuned_dir
-from neurotransfer.process_guard import die_with_parent
-from neurotransfer.train.checkpoint import (
-    SeedModel,
-    fold_dir,
-    member_file,
-    save_fold_models,
-    save_seed_models,
-    seed_dir,
+from neurotransfer.models import (
+    TaskHead,
+    backbone_layer_groups,
+    build_backbone,
+    load_backbone_weights,
 )
 from neurotransfer.train.fit import FitResult, fit_task_model
 from neurotransfer.train.module import OptimConfig, TaskModule
-
-if TYPE_CHECKING:
-    import pandas as pd
-
-    from neurotransfer.data import TaskDataModule
-
-log = logging.getLogger(__name__)
 
 
 def task_settings(settings: Settings, task_name: str) -> TaskSettings:
@@ -66,8 +49,6 @@ def initial_backbone(settings: Settings, root: Path) -> tuple[torch.nn.Module, d
     on the architecture, its options, the input shape and the source; otherwise the stage stops
     and says to re-run ``dvc repro pretrain``.
     """
-    from neurotransfer.models import build_backbone, load_backbone_weights
-
     shape = tuple(settings.data.preprocess.shape)
     backbone = build_backbone(settings.model.name, shape, **settings.model.options)
     source = settings.pretrain.source
@@ -124,8 +105,6 @@ def task_datamodule(
 ) -> TaskDataModule:
     """The task's data; with cross-validation, fold `fold`'s splits (one of
     ``data.splits.folds()``)."""
-    from neurotransfer.data import TaskDataModule
-
     ft = finetune or settings.finetune
     splits = settings.data.splits
     if (fold is None) != (splits.mode != "kfold"):
@@ -163,8 +142,6 @@ def train_task(
     task's full data (a subset of its training subjects): the ``scaling`` stage's two knobs.
     Without `datamodule`, the data are the task's (cross-validation fold `fold`'s).
     """
-    from neurotransfer.models import TaskHead, backbone_layer_groups
-
     task = task_settings(settings, task_name)
     ft = finetune or settings.finetune
     L.seed_everything(ft.seed, workers=True)
@@ -199,315 +176,3 @@ def train_task(
     )
     result = fit_task_model(module, datamodule, ft, log_dir=log_dir, **trainer_overrides)
     return TrainedTask(module, result, init_record, train_frame, val_frame, target_mean, target_std)
-
-
-# Seeds after the first log in <task's dvclive folder>/seeds/seed<k>/, ensemble members m > 0
-# of a seed in <that seed's folder>/members/<m>/, cross-validation folds f > 0 in
-# folds/fold<f>/ (each laid out like the task's folder).
-SEED_LOGS = "seeds"
-MEMBER_LOGS = "members"
-FOLD_LOGS = "folds"
-
-
-def model_log_dir(
-    root: Path,
-    task_name: str,
-    seed_index: int,
-    seed_value: int,
-    member: int = 0,
-    fold: int | None = None,
-) -> Path:
-    """dvclive folder of one trained network: the first seed (index 0) logs where ``dvc.yaml``
-    declares, seed index i > 0 in ``seeds/seed<value>/`` beneath it; within a seed, ensemble
-    member 0 logs in the seed's folder and member m > 0 in ``members/<m>/`` beneath that.
-    Cross-validation folds f > 0 have the same layout under ``folds/fold<f>/``."""
-    folder = finetune_log_dir(task_name, root)
-    if fold:
-        folder = folder / FOLD_LOGS / fold_dir(fold)
-    if seed_index > 0:
-        folder = folder / SEED_LOGS / seed_dir(seed_value)
-    return folder if member == 0 else folder / MEMBER_LOGS / str(member)
-
-
-@dataclass
-class SeedRun:
-    """The network(s) trained with one seed value: one model, or an ensemble's members."""
-
-    seed: int
-    member_seeds: list[int]
-    members: list[TrainedTask]
-
-    @property
-    def best_score(self) -> float:
-        """The members' mean validation score (the single model's for one member)."""
-        return float(np.mean([m.result.best_score for m in self.members]))
-
-    def member_records(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "seed": member_seed,
-                "file": member_file(index),
-                "best_epoch": trained.result.best_epoch,
-                "best_score": trained.result.best_score,
-                "epochs_run": trained.result.epochs_run,
-                "train_seconds": round(trained.result.seconds, 2),
-            }
-            for index, (member_seed, trained) in enumerate(
-                zip(self.member_seeds, self.members, strict=True)
-            )
-        ]
-
-
-def train_seed(
-    settings: Settings, task_name: str, root: Path, seed_index: int, fold: int | None = None
-) -> SeedRun:
-    """Train the model (or the ensemble) of seed index `seed_index` of `finetune.seed_values()`
-    (on cross-validation fold `fold`'s splits)."""
-    ft = settings.finetune
-    seed_value = ft.seed_values()[seed_index]
-    member_seeds = ft.member_seeds(seed_value)
-    members: list[TrainedTask] = []
-    for member, member_seed in enumerate(member_seeds):
-        log.info(
-            "%sseed %d (%d of %d)%s: training seed %d",
-            "" if fold is None else f"fold {fold} of {settings.data.splits.k}, ",
-            seed_value,
-            seed_index + 1,
-            ft.seeds,
-            f", ensemble member {member + 1} of {len(member_seeds)}"
-            if len(member_seeds) > 1
-            else "",
-            member_seed,
-        )
-        trained = train_task(
-            settings,
-            task_name,
-            root,
-            finetune=ft.model_copy(update={"seed": member_seed}),
-            log_dir=model_log_dir(root, task_name, seed_index, seed_value, member, fold),
-            fold=fold,
-        )
-        # The weights are saved once every seed has trained: keep them off the accelerator.
-        trained.module.cpu()
-        members.append(trained)
-    return SeedRun(seed_value, member_seeds, members)
-
-
-def _seed_meta(settings: Settings, task_name: str, run: SeedRun) -> dict[str, Any]:
-    """``seed<k>/meta.json``: what rebuilding and describing this seed's module(s) needs."""
-    task = task_settings(settings, task_name)
-    first = run.members[0]
-    return {
-        "task": task_name,
-        "kind": task.kind,
-        "model": settings.model.name,
-        "model_options": settings.model.options,
-        "input_shape": list(settings.data.preprocess.shape),
-        "init": first.init_record,
-        "mode": settings.finetune.mode,
-        "seed": run.seed,
-        "select_epoch": settings.finetune.select_epoch,
-        "best_epoch": first.result.best_epoch,
-        "monitor": first.result.monitor,
-        "best_score": first.result.best_score,
-        "target_mean": first.target_mean,
-        "target_std": first.target_std,
-        "ensemble_size": len(run.members),
-        "members": run.member_records(),
-    }
-
-
-def _seed_metrics(run: SeedRun) -> dict[str, Any]:
-    """One seed's entry of the finetune metrics (for an ensemble: the members' mean score, the
-    first member's epochs, and every member's record)."""
-    first = run.members[0].result
-    entry: dict[str, Any] = {
-        "seed": run.seed,
-        f"best_{first.monitor}": run.best_score,
-        "best_epoch": first.best_epoch,
-        "epochs_run": first.epochs_run,
-        "train_seconds": round(sum(m.result.seconds for m in run.members), 2),
-    }
-    if len(run.members) > 1:
-        # Keyed, not a list: `dvc metrics show/diff` flatten dicts into one column per value.
-        entry["members"] = {
-            f"member{index}": {k: v for k, v in record.items() if k != "file"}
-            for index, record in enumerate(run.member_records())
-        }
-    return entry
-
-
-def _init_seed_process(parent_pid: int) -> None:
-    die_with_parent(parent_pid)
-    # One thread: GNU OpenMP hangs in a forked child that asks for a thread team when the
-    # parent had one (the parent may have run torch ops); DataLoader workers do the same.
-    torch.set_num_threads(1)
-
-
-def train_all_seeds(
-    settings: Settings, task_name: str, root: Path, folds: list[int | None]
-) -> list[list[SeedRun]]:
-    """Every seed of every fold (``[fold][seed index]``), one after another in this process, or
-    with ``finetune.seed_processes`` > 1 side by side in forked one-thread processes.
-
-    Each seed seeds its own run (`train_task`), so a seed's model does not depend on which
-    process trains it or in what order; it can differ in the last bits from the same seed
-    trained with another thread count, as it can on another machine.
-    """
-    ft = settings.finetune
-    jobs = [(fold, index) for fold in folds for index in range(ft.seeds)]
-    processes = min(ft.seed_processes, len(jobs))
-    if processes == 1:
-        runs = [train_seed(settings, task_name, root, index, fold) for fold, index in jobs]
-    else:
-        log.info("training %d seed(s) in %d one-thread processes", len(jobs), processes)
-        with ProcessPoolExecutor(
-            processes,
-            mp_context=multiprocessing.get_context("fork"),
-            initializer=_init_seed_process,
-            initargs=(os.getpid(),),
-        ) as pool:
-            futures = [
-                pool.submit(train_seed, settings, task_name, root, index, fold)
-                for fold, index in jobs
-            ]
-            try:
-                runs = [future.result() for future in futures]
-            except BrokenProcessPool as error:
-                raise RuntimeError(
-                    f"finetune {task_name}: a seed-training process died ({error}), e.g. killed "
-                    "for memory; set finetune.seed_processes=1 to train the seeds one after "
-                    "another in the stage's process"
-                ) from error
-            except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-    return [runs[i * ft.seeds : (i + 1) * ft.seeds] for i in range(len(folds))]
-
-
-def check_folds(settings: Settings, task_name: str, root: Path) -> None:
-    """Read every fold's splits before any training: a fold that cannot train or score the
-    task (too few subjects, a class missing) stops the stage at start, naming the fold and
-    ``data.splits.k``, not after the earlier folds have trained."""
-    for fold in settings.data.splits.folds():
-        task_datamodule(settings, task_name, root, fold=fold).setup("fit")
-
-
-def run_finetune(
-    settings: Settings, task_name: str, root: Path = Path(".")
-) -> dict[str, Any] | None:
-    """Fine-tune `task_name` once per seed value (in every cross-validation fold); write the
-    models and return the metrics.
-
-    Seed values are ``finetune.seed_values()`` (``seed * seeds + k``); with
-    ``finetune.ensemble_size`` > 1 each seed value trains an ensemble whose member seeds derive
-    from it (`FinetuneSettings.member_seeds`), so no two networks share a seed. Every fold uses
-    the same seed values. All models are saved together, once the last has trained: a run killed
-    or failing part-way leaves the previous models in place and restarts from the beginning.
-
-    Under DDP every process trains, but only the global-zero process writes the models and gets
-    the metrics back (the others return None), so no two processes write the same file.
-    """
-    task = task_settings(settings, task_name)
-    ft = settings.finetune
-    folds = settings.data.splits.folds()
-    check_folds(settings, task_name, root)
-    # Logs of an earlier run with more seeds, members or folds. ignore_errors: under DDP every
-    # process gets here.
-    for stale in (SEED_LOGS, MEMBER_LOGS, FOLD_LOGS):
-        shutil.rmtree(finetune_log_dir(task_name, root) / stale, ignore_errors=True)
-    clock = time.perf_counter()
-    fold_runs = train_all_seeds(settings, task_name, root, folds)
-    wall_seconds = time.perf_counter() - clock
-
-    first = fold_runs[0][0].members[0]
-    result, init_record = first.result, first.init_record
-    if not result.is_global_zero:
-        return None
-    run_meta = {
-        "task": task_name,
-        "kind": task.kind,
-        "model": settings.model.name,
-        "model_options": settings.model.options,
-        "input_shape": list(settings.data.preprocess.shape),
-        "init": init_record,
-        "mode": ft.mode,
-        "seed": ft.seed,
-        "n_seeds": ft.seeds,
-        "ensemble_size": ft.ensemble_size,
-        "select_epoch": ft.select_epoch,
-        "monitor": result.monitor,
-    }
-    fold_models = [
-        [
-            SeedModel(
-                run.seed, [m.module for m in run.members], _seed_meta(settings, task_name, run)
-            )
-            for run in runs
-        ]
-        for runs in fold_runs
-    ]
-    directory = finetuned_dir(task_name, root)
-    if folds == [None]:
-        save_seed_models(fold_models[0], directory, run_meta)
-    else:
-        save_fold_models(fold_models, directory, run_meta)
-    metrics: dict[str, Any] = {
-        "task": task_name,
-        "kind": task.kind,
-        "model": settings.model.name,
-        "init": init_record["source"],
-        "select_epoch": ft.select_epoch,
-        "monitor": result.monitor,
-        "n_seeds": ft.seeds,
-        **_run_summary([run for runs in fold_runs for run in runs], result.monitor),
-        # train_seconds adds up every network's training; with seed_processes > 1 they overlap
-        "train_wall_seconds": round(wall_seconds, 2),
-        "seed_processes": min(ft.seed_processes, len(folds) * ft.seeds),
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        "host": platform.node() or "unknown",
-        "trainable_parameters": int(
-            np.sum([p.numel() for p in first.module.parameters() if p.requires_grad])
-        ),
-    }
-    if folds == [None]:
-        metrics.update(_split_summary(fold_runs[0]))
-    else:
-        metrics["n_folds"] = len(folds)
-        # Keyed by fold, not a list: `dvc metrics show/diff` flatten dicts.
-        metrics["folds"] = {
-            fold_dir(fold): _split_summary(runs)
-            for fold, runs in zip(folds, fold_runs, strict=True)
-            if fold is not None
-        }
-    if ft.ensemble_size > 1:
-        metrics["ensemble_size"] = ft.ensemble_size
-    return metrics
-
-
-def _run_summary(runs: list[SeedRun], monitor: str) -> dict[str, Any]:
-    """Means over every trained seed (of every fold), and the training cost. With select_epoch
-    "last" the "best" entries describe the last epoch, the one kept."""
-    trained = [m for run in runs for m in run.members]
-    seconds = sum(m.result.seconds for m in trained)
-    epochs = sum(m.result.epochs_run for m in trained)
-    scores = [run.best_score for run in runs]
-    return {
-        f"best_{monitor}": float(np.mean(scores)),
-        f"best_{monitor}_seed_sd": float(np.std(scores, ddof=1)) if len(runs) > 1 else 0.0,
-        "best_epoch": float(np.mean([run.members[0].result.best_epoch for run in runs])),
-        "epochs_run": float(np.mean([run.members[0].result.epochs_run for run in runs])),
-        "train_seconds": round(seconds, 2),
-        "seconds_per_epoch": round(seconds / max(1, epochs), 3),
-    }
-
-
-def _split_summary(runs: list[SeedRun]) -> dict[str, Any]:
-    """The subjects one split (or fold) trained on, and each seed's record."""
-    first = runs[0].members[0]
-    return {
-        "n_train": len(first.train_frame),
-        "n_val": len(first.val_frame),
-        # Keyed by seed value, not a list: `dvc metrics show/diff` flatten dicts.
-        "seeds": {seed_dir(run.seed): _seed_metrics(run) for run in runs},
-    }

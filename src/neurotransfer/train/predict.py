@@ -1,5 +1,6 @@
 """Run trained TaskModules over a dataloader: per-subject predictions and backbone features, for
-one model or ensemble (`predict_frame`) or for every fine-tuning seed's (`predict_seeds`)."""
+one model or ensemble (`predict_frame`) or for every fine-tuning seed's (`predict_seeds`). The
+table's column names are in `columns`."""
 
 from __future__ import annotations
 
@@ -12,19 +13,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from neurotransfer.data.datamodule import LEFT_RIGHT_AXIS
-from neurotransfer.evaluation.seeds import seed_column
+from neurotransfer.train.columns import FRAME_COLUMNS, member_column, seed_column
 from neurotransfer.train.module import TaskModule
 
 if TYPE_CHECKING:
     from neurotransfer.train.checkpoint import SeedModel
-
-FRAME_COLUMNS = ["subject_id", "dataset", "site", "split", "target", "prediction"]
-
-
-def member_column(index: int) -> str:
-    """Predictions column of ensemble member `index` (written only for the ensemble of a run
-    with one fine-tuning seed)."""
-    return f"prediction_member{index}"
 
 
 def _module_values(

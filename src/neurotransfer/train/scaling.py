@@ -1,57 +1,26 @@
-"""Data-scaling curves: the fine-tuning recipe on nested fractions of a task's training set.
+"""Data-scaling curves: nested, stratified fractions of a task's training subjects, and the
+curve's figure.
 
 For every seed, the task's training subjects are put in one random order, stratified so that
 every prefix keeps the label (binary tasks) and site mix of the whole as closely as possible;
 the subset for fraction ``f`` is the first ``ceil(f * n)`` subjects of that order. Subsets of
 one seed are therefore nested (a smaller fraction's subjects are a subset of a larger one's),
-and a curve measures the value of more data rather than of different data. Validation, test and
-ood_test splits are never subsampled: early stopping and the scores use the same subjects at
-every fraction.
-
-Each (fraction, seed) model is trained by :func:`neurotransfer.train.finetune.train_task` (the
-initial backbone of ``initial_backbone``, the recipe of ``finetune`` with ``scaling.max_epochs``
-and the seed replaced) and scored on ``test`` and ``ood_test`` with the evaluate stage's
-subject-level bootstrap intervals; regression predictions are bias-corrected with a fit on
-the validation split, as in ``evaluate``.
-
-With cross-validation (``data.splits.mode: kfold``) the curve is measured on the first fold's
-splits (``SCALING_FOLD``): a curve per fold would multiply the stage's cost by k.
+and a curve measures the value of more data rather than of different data. The ``scaling``
+stage (``neurotransfer.stages.scaling``) trains and scores a model on each subset.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-
-from neurotransfer.config import Settings
-from neurotransfer.runtime import resolve_device
-
-if TYPE_CHECKING:
-    from neurotransfer.data.datamodule import TaskDataModule
-
-log = logging.getLogger(__name__)
-
-EVAL_SPLITS = ("test", "ood_test")
-# The curve's metric per task kind (as the study table's headline).
-SCALING_METRIC = {"binary": "auc", "regression": "mae_corrected"}
-CURVE_COLUMNS = (
-    "task",
-    "n_train",
-    "fraction",
-    "seed",
-    "split",
-    "metric",
-    "value",
-    "ci_low",
-    "ci_high",
-    "n_eval",
-)
 
 
 def _strata(frame: pd.DataFrame, kind: str) -> pd.Series:
@@ -110,136 +79,8 @@ def nested_subsets(
     return subsets
 
 
-def score_splits(
-    module: Any,
-    datamodule: TaskDataModule,
-    kind: str,
-    n_resamples: int,
-    ci_level: float,
-    seed: int,
-    device: str = "cpu",
-    flip_tta: bool = False,
-) -> list[dict[str, Any]]:
-    """Headline metric with bootstrap interval on each evaluated split that has subjects."""
-    from neurotransfer.evaluation.bootstrap import bootstrap_metrics
-    from neurotransfer.evaluation.metrics import AgeBiasCorrection
-    from neurotransfer.train.predict import predict_frame
-
-    def predict(split: str) -> pd.DataFrame:
-        loader = datamodule.dataloader(split, augment=False, shuffle=False)
-        return predict_frame(module, loader, split, device, flip_tta)[0]
-
-    correction = None
-    if kind == "regression":
-        val = predict("val")
-        correction = AgeBiasCorrection.fit(val["target"], val["prediction"])
-    metric = SCALING_METRIC[kind]
-    rows = []
-    for split in EVAL_SPLITS:
-        if datamodule.frame(split).empty:
-            continue
-        frame = predict(split)
-        if correction is not None:
-            frame["prediction_corrected"] = correction.apply(frame["prediction"].to_numpy())
-        result = bootstrap_metrics(frame, kind, n_resamples, ci_level, seed)[metric]
-        rows.append({"split": split, "metric": metric, "n_eval": len(frame), **result})
-    return rows
-
-
-SCALING_FOLD = 0
-
-
-def run_scaling_task(
-    settings: Settings, task_name: str, root: Path = Path("."), trainer_overrides: Any = None
-) -> pd.DataFrame:
-    """The curve of one task: one row per (fraction, seed, split), columns CURVE_COLUMNS."""
-
-    from neurotransfer.train.finetune import task_datamodule, task_settings, train_task
-
-    task = task_settings(settings, task_name)
-    sc, ev = settings.scaling, settings.evaluate
-    device = str(resolve_device(settings.finetune.accelerator, "finetune.accelerator"))
-    rows: list[dict[str, Any]] = []
-    for seed in sc.seeds:
-        finetune = settings.finetune.model_copy(
-            update={"seed": seed, "max_epochs": sc.max_epochs or settings.finetune.max_epochs}
-        )
-        fold = SCALING_FOLD if settings.data.splits.mode == "kfold" else None
-        base = task_datamodule(settings, task_name, root, finetune, fold)
-        train_frame = base.frame("train")
-        subsets = nested_subsets(train_frame, task.kind, sc.fractions, seed)
-        n_subjects = train_frame["subject_id"].nunique()
-        for fraction, subjects in subsets.items():
-            log.info(
-                "scaling %s: seed %d, fraction %g: %d of %d training subjects",
-                task_name,
-                seed,
-                fraction,
-                len(subjects),
-                n_subjects,
-            )
-            datamodule = base.with_train_subjects(subjects)
-            trained = train_task(
-                settings,
-                task_name,
-                root,
-                finetune=finetune,
-                datamodule=datamodule,
-                enable_progress_bar=False,
-                **(trainer_overrides or {}),
-            )
-            scores = score_splits(
-                trained.module,
-                datamodule,
-                task.kind,
-                ev.bootstrap_samples,
-                ev.ci_level,
-                ev.seed,
-                device,
-                ev.flip_tta,
-            )
-            for score in scores:
-                rows.append(
-                    {
-                        "task": task_name,
-                        "n_train": len(subjects),
-                        "fraction": fraction,
-                        "seed": seed,
-                        **score,
-                    }
-                )
-    return pd.DataFrame(rows, columns=list(CURVE_COLUMNS))
-
-
-def scaling_summary(curves: dict[str, pd.DataFrame]) -> dict[str, Any]:
-    """``metrics/scaling.json``: per task and fraction, n_train and the metric's seed mean/sd."""
-    summary: dict[str, Any] = {}
-    for task, curve in curves.items():
-        per_fraction: dict[str, Any] = {}
-        for fraction, rows in curve.groupby("fraction", sort=True):
-            entry: dict[str, Any] = {
-                "fraction": float(fraction),
-                "n_train": int(rows["n_train"].max()),
-            }
-            for (split, metric), values in rows.groupby(["split", "metric"], sort=False):
-                v = values["value"].to_numpy(dtype=float)
-                entry[str(split)] = {
-                    str(metric): float(np.mean(v)),
-                    f"{metric}_sd": float(np.std(v, ddof=1)) if v.size > 1 else 0.0,
-                    "n_seeds": int(v.size),
-                }
-            per_fraction[f"frac{round(100 * float(fraction)):03d}"] = entry
-        summary[task] = per_fraction
-    return summary
-
-
 def plot_curve(curve: pd.DataFrame, path: Path) -> None:
     """Metric vs training subjects, one line per split (seed mean, interval band of the mean)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
     for split, rows in curve.groupby("split", sort=False):
         means = rows.groupby("n_train", sort=True)[["value", "ci_low", "ci_high"]].mean()
