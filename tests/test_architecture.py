@@ -19,16 +19,8 @@ PACKAGE = SRC / "neurotransfer"
 
 # ARCHITECTURE.md's layers, lowest first: a unit may import only units of lower layers.
 LAYERS: list[set[str]] = [
-    {
-        "paths",
-        "runtime",
-        "atomic",
-        "process_guard",
-        "live_logger",
-        "compose",
-        "errors",
-        "text_output",
-    },
+    {"errors", "text_output"},
+    {"paths", "runtime", "atomic", "process_guard", "live_logger", "compose"},
     {"models"},
     {"config"},
     {"cohort", "data"},

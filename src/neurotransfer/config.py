@@ -691,6 +691,8 @@ def backbone_fit_problem(name: str, options: dict[str, Any], shape: tuple[int, .
 
 def _registered_backbone_defaults(name: str) -> dict[str, Any] | str:
     """The options of a backbone the table above lacks, from the registry; or why not."""
+    # Lazy on purpose: the registry imports torch, which settings for the shipped backbones
+    # never need (every stage and `--help` load settings; tests/test_config.py guards it).
     from neurotransfer.models import available_backbones, backbone_options
 
     known = available_backbones()
@@ -899,6 +901,7 @@ def pretrain_source_problem(source: str, name: str, options: Mapping[str, Any]) 
     """
     if source not in EXTERNAL_SOURCES:
         return ""
+    # Lazy on purpose (torch, as above): only the external sources need the registry.
     from neurotransfer.models import (
         available_backbones,
         backbone_counterparts,

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from neurotransfer.compose import compose_params
 from neurotransfer.config import (
     ExperimentSettings,
     SettingsError,
@@ -89,8 +90,6 @@ def load_experiment(
     name: str, conf_dir: Path = CONF_DIR, extra_overrides: Sequence[str] = ()
 ) -> ExperimentSettings:
     """The ``experiment`` block of ``conf/experiment/<name>.yaml``, composed and validated."""
-    from neurotransfer.compose import compose_params
-
     known = experiment_names(conf_dir)
     if name not in known:
         raise SettingsError(
@@ -114,8 +113,6 @@ def validate_point(
     experiment: str, point: GridPoint, conf_dir: Path = CONF_DIR, extra: Sequence[str] = ()
 ) -> None:
     """Compose the point's params.yaml as `dvc exp run` will, and validate it."""
-    from neurotransfer.compose import compose_params
-
     overrides = [f"{EXPERIMENT_GROUP}={experiment}", *point.overrides, *extra]
     try:
         raw = yaml.safe_load(compose_params(overrides, conf_dir))

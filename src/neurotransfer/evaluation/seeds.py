@@ -34,6 +34,7 @@ from neurotransfer.evaluation.bootstrap import (
     site_note,
     split_groups,
 )
+from neurotransfer.evaluation.decision import pseudo_values, seed_subject_estimate
 from neurotransfer.evaluation.metrics import (
     COUNT_METRICS,
     DEFAULT_THRESHOLD,
@@ -123,8 +124,6 @@ def _interval(
     thresholds: Mapping,
     ci_level: float,
 ) -> dict[str, float]:
-    from neurotransfer.evaluation.decision import pseudo_values, seed_subject_estimate
-
     base = metric.removesuffix(CORRECTED_SUFFIX)
     target = rows["target"].to_numpy(float)
     try:

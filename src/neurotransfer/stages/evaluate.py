@@ -162,14 +162,12 @@ def check_models_match_settings(
     """Stop when the saved models are not the ones ``finetune`` (and ``data.splits``) params
     describe (seed values, ensemble size, cross-validation folds): evaluating stale models would
     report another run's figures."""
+    from neurotransfer.train.checkpoint import meta_mismatches
+
     expected: dict[str, Any] = {"seeds": ft.seed_values(), "ensemble_size": ft.ensemble_size}
     if splits is not None:
         expected["folds"] = splits.k if splits.mode == "kfold" else None
-    problems = [
-        f"{key}: saved {meta.get(key)!r}, params {value!r}"
-        for key, value in expected.items()
-        if meta.get(key) != value
-    ]
+    problems = meta_mismatches(meta, expected)
     if problems:
         raise SettingsError(
             f"models/finetuned/{task_name}/meta.json: the fine-tuned models do not match "

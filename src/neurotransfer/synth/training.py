@@ -42,6 +42,7 @@ from neurotransfer.config import (
     DiffusionTrainSettings,
     SynthesizeSettings,
 )
+from neurotransfer.live_logger import dvclive_logger
 from neurotransfer.runtime import resolve_precision
 from neurotransfer.synth.networks import UNCONDITIONAL_VALUE, CovariateConditionedUNet
 from neurotransfer.synth.pool import load_volume
@@ -215,8 +216,6 @@ class TrainingSummary:
 def _trainer(settings: SynthesizeSettings, epochs: int, log_dir: Path | None) -> L.Trainer:
     logger: Any = False
     if log_dir is not None:
-        from neurotransfer.live_logger import dvclive_logger
-
         logger = dvclive_logger(log_dir)
     return L.Trainer(
         max_epochs=epochs,

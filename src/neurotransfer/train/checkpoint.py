@@ -23,7 +23,7 @@ never some seeds of a new run beside old ones.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -253,3 +253,12 @@ def _read_meta(meta_path: Path, task: str) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise ValueError(f"{meta_path}: expected a JSON object; re-run {rerun}")
     return meta
+
+
+def meta_mismatches(meta: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
+    """``key: saved …, params …`` for each ``expected`` value a saved ``meta.json`` differs in."""
+    return [
+        f"{key}: saved {meta.get(key)!r}, params {value!r}"
+        for key, value in expected.items()
+        if meta.get(key) != value
+    ]

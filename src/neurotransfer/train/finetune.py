@@ -29,6 +29,7 @@ from neurotransfer.models import (
     build_backbone,
     load_backbone_weights,
 )
+from neurotransfer.train.checkpoint import meta_mismatches
 from neurotransfer.train.fit import FitResult, fit_task_model
 from neurotransfer.train.module import OptimConfig, TaskModule
 
@@ -68,11 +69,7 @@ def initial_backbone(settings: Settings, root: Path) -> tuple[torch.nn.Module, d
         "input_shape": list(shape),
         "source": source,
     }
-    problems = [
-        f"{key}: saved {meta.get(key)!r}, params {value!r}"
-        for key, value in expected.items()
-        if meta.get(key) != value
-    ]
+    problems = meta_mismatches(meta, expected)
     if problems:
         raise SettingsError(
             f"{meta_path}: the pre-trained backbone does not match params.yaml ("

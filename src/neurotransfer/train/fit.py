@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 
 from neurotransfer.config import FinetuneSettings
+from neurotransfer.live_logger import dvclive_logger
 from neurotransfer.runtime import resolve_precision
 from neurotransfer.train.module import TaskModule
 
@@ -122,8 +123,6 @@ def make_trainer(
 ) -> L.Trainer:
     logger: Any = False
     if log_dir is not None:
-        from neurotransfer.live_logger import dvclive_logger
-
         logger = dvclive_logger(log_dir)
     kwargs: dict[str, Any] = {
         "max_epochs": settings.max_epochs,
