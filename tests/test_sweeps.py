@@ -258,7 +258,18 @@ def test_two_queued_experiments_run_and_compare(tmp_path: Path, git_env: dict[st
     names = {"scratch": "pretrain=scratch", "ssl": "pretrain=ssl"}
     for name, override in names.items():
         run(["dvc", "exp", "run", "--queue", "-n", name, "-S", override], repo, git_env)
-    run(["dvc", "queue", "start", "-j", "1"], repo, git_env)
+    # The queue worker is a detached process that inherits this one's stdout: captured output
+    # would keep `dvc queue start` waiting until the whole queue has run. Discard it, and wait
+    # on `dvc queue status` below with the deadline.
+    subprocess.run(
+        ["dvc", "queue", "start", "-j", "1"],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=True,
+        timeout=300,
+    )
     deadline = time.monotonic() + QUEUE_TIMEOUT_S
     try:
         while not _queue_done(repo, git_env):
