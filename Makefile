@@ -27,9 +27,12 @@ repro: setup
 # Two worker processes, each test file in one of them (module fixtures are built once): much of
 # a test's time is single-threaded Python and subprocess start-up, so two files side by side
 # finish sooner on 2 cores than one after the other. TEST_WORKERS=0 runs them in this process.
+# --no-loadscope-reorder keeps tests/conftest.py's order (the longest files first) instead of
+# xdist's most-tests-first, which left the few-test pipeline files for last on one worker.
 TEST_WORKERS ?= 2
 test: setup
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile \
+		--no-loadscope-reorder
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

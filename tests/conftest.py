@@ -8,6 +8,16 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# The files that run dvc pipelines or train for minutes, longest first (measured in `make test`).
+# Collected first, so `make test`'s two workers each start one at once and the short files
+# fill in around them, instead of one worker running a long file alone at the end.
+LONGEST_FIRST = (
+    "tests/test_pipeline_dvc.py",
+    "tests/test_sweeps.py",
+    "tests/synth/test_training.py",
+    "tests/pretrain/test_dvc_external.py",
+    "tests/benchmarks/test_benchmarks.py",
+)
 IXI_HH = (REPO_ROOT.parent / "shared" / "data" / "ixi-hh").resolve()
 
 
@@ -36,3 +46,9 @@ def git_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     for key, value in values.items():
         monkeypatch.setenv(key, value)
     return {**os.environ, **values}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Longest files first (LONGEST_FIRST); every file keeps its own test order."""
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))

@@ -19,7 +19,7 @@ PACKAGE = SRC / "neurotransfer"
 
 # ARCHITECTURE.md's layers, lowest first: a unit may import only units of lower layers.
 LAYERS: list[set[str]] = [
-    {"errors", "text_output"},
+    {"errors", "text_output", "backbone_rules"},
     {"paths", "runtime", "atomic", "process_guard", "live_logger", "compose"},
     {"models"},
     {"config"},
@@ -33,7 +33,17 @@ LAYERS: list[set[str]] = [
 LAYER = {unit: index for index, units in enumerate(LAYERS) for unit in units}
 # Plumbing a stage's outputs do not depend on (validated params, atomic moves, paths that
 # tests/test_paths.py ties to dvc.yaml): not required among a stage's dvc.yaml deps.
-NOT_DEPS = {"config", "errors", "atomic", "process_guard", "paths", "compose", "cli", "__init__"}
+NOT_DEPS = {
+    "config",
+    "errors",
+    "backbone_rules",
+    "atomic",
+    "process_guard",
+    "paths",
+    "compose",
+    "cli",
+    "__init__",
+}
 
 
 def _module_file(name: str) -> Path | None:
@@ -82,6 +92,9 @@ def imported_files(path: Path) -> frozenset[Path]:
             file = _module_file(name)
             if file is not None and file != path:
                 found.add(file)
+    if path.name == "__init__.py" and "pkgutil.iter_modules" in path.read_text(encoding="utf-8"):
+        # A package that imports every module it holds (models/: each family registers itself).
+        found.update(p for p in path.parent.glob("*.py") if p != path)
     return frozenset(found)
 
 

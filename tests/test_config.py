@@ -15,6 +15,7 @@ from neurotransfer.compose import compose_params
 from neurotransfer.config import (
     BACKBONE_DEFAULTS,
     EXTERNAL_SOURCES,
+    SHIPPED_EXTERNAL,
     SettingsError,
     backbone_fit_problem,
     load_settings,
@@ -231,10 +232,25 @@ def test_backbone_table_matches_the_registry() -> None:
         assert defaults == backbone_options(name), name
 
 
+def test_external_weights_table_matches_the_registry() -> None:
+    # SHIPPED_EXTERNAL is the settings' torch-free copy of the counterparts each shipped model
+    # module registers: the same sources, and the very same options checks.
+    from neurotransfer.models import backbone_counterparts
+
+    assert set(SHIPPED_EXTERNAL) == set(BACKBONE_DEFAULTS)
+    for name, sources in SHIPPED_EXTERNAL.items():
+        registered = backbone_counterparts(name)
+        assert set(sources) == set(registered), name
+        for source, check in sources.items():
+            assert check is registered[source].options_problem, (name, source)
+
+
 LOADS_WITHOUT_TORCH = """
 import sys, yaml
 from pathlib import Path
-from neurotransfer.config import BACKBONE_DEFAULTS, load_settings, settings_from_dict
+from neurotransfer.config import (
+    BACKBONE_DEFAULTS, SHIPPED_EXTERNAL, SettingsError, load_settings, settings_from_dict
+)
 
 raw = yaml.safe_load(Path("params.yaml").read_text())
 load_settings("params.yaml")
@@ -244,6 +260,12 @@ for name in BACKBONE_DEFAULTS:
         raw["pretrain"].update(source=source, objectives=[] if source == "scratch" else ["simclr"])
         raw["pretrain"]["epochs"] = 0 if source == "scratch" else 1
         settings_from_dict(raw, source=f"model={name} pretrain={source}")
+    for source in SHIPPED_EXTERNAL[name]:  # external weights: checked from the torch-free copy
+        raw["pretrain"].update(source=source, objectives=[], epochs=0, weights_path="w.pth")
+        try:
+            settings_from_dict(raw, source=f"model={name} pretrain={source}")
+        except SettingsError as err:  # a CPU conf's sizes may not take them: said, not imported
+            assert "pretrain" in str(err), err
 print("torch" in sys.modules)
 """
 

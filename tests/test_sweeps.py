@@ -196,7 +196,7 @@ def test_sweep_runs_dvc_once_per_point(
 # ---------------------------------------------------------------------------------------------
 # done-when: two queued experiments run through `dvc queue` and compare with CIs
 # ---------------------------------------------------------------------------------------------
-# TINY_STUDY (tests/test_pipeline_dvc.py) shrunk further: two tasks, one epoch, short scaling,
+# TINY_STUDY (tests/test_pipeline_dvc.py) shrunk further: one task, one epoch, no scaling curves,
 # minimal synthesize and pretrain, two seeds. It used to run a baseline `dvc repro` before
 # queueing (3.1 min near idle, 1.5 of them the baseline; 11 min in a suite under heavy load);
 # the first queued run now computes every stage instead.
@@ -213,11 +213,15 @@ SWEEP_STUDY = {
             "sampling": {"n_samples": 4, "ddim_steps": 2, "batch_size": 4},
             "quality": {"ms_ssim_pairs": 4},
         },
-        "scaling": {"tasks": ["brain_age"], "fractions": [0.5, 1.0], "max_epochs": 1},
+        # The curves are not compared here (tests/train/test_scaling.py covers them): the stage
+        # writes its note only.
+        "scaling": {"enabled": False, "tasks": []},
         "pretrain": {"epochs": 1, "max_volumes": 8},
     },
 }
-KEEP_TASKS = ("ad", "brain_age")
+# One task: the queue, the run cache and `compare` are what is tested, and every stage of a
+# queued run costs seconds of start-up (tests/reporting covers compare's regression rows).
+KEEP_TASKS = ("ad",)
 QUEUE_TIMEOUT_S = 1200
 HEADLINE_COLUMNS = (
     r"Experiment|State|pretrain\.source|"
@@ -287,7 +291,7 @@ def test_two_queued_experiments_run_and_compare(tmp_path: Path, git_env: dict[st
     for name in names:
         data = experiments[name]
         metrics = data["metrics"]
-        assert {"metrics/eval/ad.json", "metrics/eval/brain_age.json"} <= set(metrics), metrics
+        assert "metrics/eval/ad.json" in metrics, metrics
         ad = metrics["metrics/eval/ad.json"]["data"]["model_metrics"]["test"]["metrics"]["auc"]
         assert ad["ci_low"] <= ad["value"] <= ad["ci_high"]
         assert "metrics/scaling.json" in metrics
@@ -302,7 +306,7 @@ def test_two_queued_experiments_run_and_compare(tmp_path: Path, git_env: dict[st
     )
     assert "scratch" in narrow and "ssl" in narrow
     compared = run(["neurotransfer", "compare", "scratch", "ssl"], repo, git_env)
-    assert "|" in compared and "ad" in compared and "brain_age" in compared
+    assert "|" in compared and "ad" in compared
     assert "[" in compared and "]" in compared  # intervals
     total_s = time.monotonic() - started
     out = os.environ.get("NEUROTRANSFER_SWEEP_OUTPUT")

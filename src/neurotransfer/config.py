@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from neurotransfer import paths
+from neurotransfer.backbone_rules import resnet18_encoder_problem, vit_b_16_problem
 from neurotransfer.errors import SettingsError
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -891,17 +892,49 @@ EXTERNAL_SOURCES = ("imagenet", "kinetics")
 TRAINED_SOURCES = ("synthetic", "ssl")
 
 
+# What the shipped backbones' model modules register as external counterparts (source ->
+# options check): the torch-free copy the settings use, as BACKBONE_DEFAULTS is for their
+# options (tests/test_config.py keeps both equal to the registry). A backbone added since is
+# looked up in the registry, which imports torch.
+SHIPPED_EXTERNAL: dict[str, dict[str, Callable[[Mapping[str, Any]], str] | None]] = {
+    "densenet121": {"imagenet": None},
+    "mvit_v2_s": {"kinetics": None},
+    "r2plus1d_18": {"kinetics": None},
+    "r3d_18": {"imagenet": None, "kinetics": None},
+    "sfcn": {},
+    "slice2d": {"imagenet": resnet18_encoder_problem},
+    "swin3d_t": {"kinetics": None},
+    "vit3d": {"imagenet": vit_b_16_problem},
+}
+
+
+def _no_counterpart(source: str, name: str, supported: list[str]) -> str:
+    others = ", ".join(("scratch", *TRAINED_SOURCES))
+    return (
+        f"pretrain={source} has no weights for model {name!r}: it supports "
+        f"{supported} (choose one of them with `-S model=<name>`, "
+        f"or another pretrain source: {others})"
+    )
+
+
 def pretrain_source_problem(source: str, name: str, options: Mapping[str, Any]) -> str:
     """Why pretrain ``source`` cannot initialise backbone ``name`` with ``options`` ('' when it
     can), naming the parameters to change.
 
     ``scratch``, ``synthetic`` and ``ssl`` work with every backbone. An external source needs
-    the backbone to declare a counterpart for it in the model registry (read here, which imports
-    torch, for the external sources only), whose options check then has the last word.
+    the backbone to declare a counterpart for it (its model module's ``external=``), whose
+    options check then has the last word: read from :data:`SHIPPED_EXTERNAL` for the shipped
+    backbones, from the model registry (importing torch) for any other.
     """
     if source not in EXTERNAL_SOURCES:
         return ""
-    # Lazy on purpose (torch, as above): only the external sources need the registry.
+    if name in SHIPPED_EXTERNAL:
+        if source not in SHIPPED_EXTERNAL[name]:
+            supported = sorted(n for n, sources in SHIPPED_EXTERNAL.items() if source in sources)
+            return _no_counterpart(source, name, supported)
+        check = SHIPPED_EXTERNAL[name][source]
+        return "" if check is None else check({**BACKBONE_DEFAULTS[name], **options})
+    # Lazy on purpose (torch): only a backbone the table lacks needs the registry.
     from neurotransfer.models import (
         available_backbones,
         backbone_counterparts,
@@ -912,12 +945,7 @@ def pretrain_source_problem(source: str, name: str, options: Mapping[str, Any]) 
     known = name in available_backbones()
     counterpart = backbone_counterparts(name).get(source) if known else None
     if counterpart is None:
-        others = ", ".join(("scratch", *TRAINED_SOURCES))
-        return (
-            f"pretrain={source} has no weights for model {name!r}: it supports "
-            f"{backbones_with_counterpart(source)} (choose one of them with `-S model=<name>`, "
-            f"or another pretrain source: {others})"
-        )
+        return _no_counterpart(source, name, backbones_with_counterpart(source))
     if counterpart.options_problem is None:
         return ""
     return counterpart.options_problem({**backbone_options(name), **options})

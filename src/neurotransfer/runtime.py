@@ -13,16 +13,22 @@ import logging
 import math
 from collections.abc import Mapping
 from pathlib import PurePath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
 
 def resolve_device(accelerator: str, setting: str = "accelerator") -> torch.device:
     """The torch device for an ``accelerator`` setting (``setting``: its key, for messages)."""
+    # torch is imported here, not at the top: json_ready also serves runs that never load torch
+    # (a skipped synthesize, the report), where importing it would cost seconds.
+    import torch
+
     if accelerator == "cpu":
         return torch.device("cpu")
     if torch.cuda.is_available():
@@ -41,6 +47,8 @@ def resolve_precision(setting: str) -> str:
     benchmarks/train_step_cpu.py measures what it gains on a given CPU."""
     if setting != "auto":
         return setting
+    import torch  # as in resolve_device
+
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16-mixed"
     return "32-true"

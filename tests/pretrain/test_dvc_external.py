@@ -25,7 +25,15 @@ from tests.test_sweeps import _keep_tasks
 # Small volumes (r3d_18 downsamples time by 8 and space by 16) so a full-width r3d_18 trains an
 # epoch in seconds; one task, one epoch, no scaling curves, a minimal synthesize.
 EXTERNAL_STUDY = {
-    "cohort/phantom.yaml": TINY_STUDY["cohort/phantom.yaml"],
+    # Only `ad` is kept: adni at the tiny study's size, the pool and ppmi at a token size (they
+    # are still generated and preprocessed, and the pool feeds the backbone's age probe).
+    "cohort/phantom.yaml": {
+        "datasets": {
+            "pool": {"n_subjects": 6},
+            "adni": TINY_STUDY["cohort/phantom.yaml"]["datasets"]["adni"],
+            "ppmi": {"n_subjects": 6},
+        }
+    },
     "profile/cpu.yaml": {
         "data": {"preprocess": {"spacing": [6.5, 6.5, 6.5], "shape": [24, 32, 24]}},
         # One seed: the test is about the weights each source reads, not training noise.

@@ -30,13 +30,14 @@ External weights: ``imagenet`` initialises the ResNet18 slice encoder with torch
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import torch
 from pydantic import Field
 from torch import nn
 from torchvision.models import resnet18
 
+from neurotransfer.backbone_rules import resnet18_encoder_problem
 from neurotransfer.models.adaptation import adapt_first_conv_to_single_channel
 from neurotransfer.models.base import Backbone, LayerStage, Shape3D
 from neurotransfer.models.external_weights import (
@@ -193,17 +194,8 @@ def map_resnet18_slice2d(source: Mapping[str, torch.Tensor], backbone: nn.Module
     )
 
 
-def _resnet18_encoder_problem(options: Mapping[str, Any]) -> str:
-    if options["encoder"] == "resnet18":
-        return ""
-    return (
-        "pretrain=imagenet initialises slice2d's ResNet18 slice encoder, but "
-        f"model.options.encoder is {options['encoder']!r}; set it to 'resnet18'"
-    )
-
-
 IMAGENET_RESNET18 = Counterpart(
-    "imagenet", "resnet18", "IMAGENET1K_V1", map_resnet18_slice2d, _resnet18_encoder_problem
+    "imagenet", "resnet18", "IMAGENET1K_V1", map_resnet18_slice2d, resnet18_encoder_problem
 )
 
 

@@ -7,7 +7,7 @@ External weights: ``imagenet`` initialises it from torchvision's ``vit_b_16``
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,7 @@ from monai.networks.nets import ViT
 from monai.utils import optional_import
 from torch import nn
 
+from neurotransfer.backbone_rules import VIT_B_16, vit_b_16_problem, vit_size_problem
 from neurotransfer.errors import SettingsError
 from neurotransfer.models.base import Backbone, LayerStage, Shape3D, require_volume_shape
 from neurotransfer.models.external_weights import (
@@ -86,33 +87,6 @@ class ViT3D(Backbone):
         if self.pooling == "cls":
             stem.append(self.vit.cls_token)
         return [stem, *([block] for block in self.vit.blocks), [self.vit.norm]]
-
-
-# torchvision's vit_b_16: the sizes a vit3d must share to take its weights (fewer layers do).
-VIT_B_16 = {"hidden_size": 768, "mlp_dim": 3072, "num_heads": 12, "num_layers": 12}
-
-
-def vit_size_problem(model: Mapping[str, Any], source: Mapping[str, int]) -> str:
-    """Why a vit3d of ``model`` sizes cannot take the weights of a ViT of ``source`` sizes
-    ('' when it can), naming the ``model.options`` to change and the values to set."""
-    wrong = [
-        f"{key} {model[key]} (vit_b_16: {source[key]})"
-        for key in ("hidden_size", "mlp_dim", "num_heads")
-        if model[key] != source[key]
-    ]
-    if model["num_layers"] > source["num_layers"]:
-        wrong.append(
-            f"num_layers {model['num_layers']} (vit_b_16 has {source['num_layers']}; "
-            "fewer are fine)"
-        )
-    if not wrong:
-        return ""
-    return (
-        "pretrain=imagenet initialises vit3d from torchvision's vit_b_16, whose sizes the model "
-        f"must share; model.options has {', '.join(wrong)}: set "
-        f"hidden_size={source['hidden_size']}, mlp_dim={source['mlp_dim']}, "
-        f"num_heads={source['num_heads']}, num_layers<={source['num_layers']}"
-    )
 
 
 def map_vit_b_16(
@@ -241,7 +215,7 @@ IMAGENET_VIT_B_16 = Counterpart(
     "vit_b_16",
     "IMAGENET1K_V1",
     map_vit_b_16,
-    lambda options: vit_size_problem(options, VIT_B_16),
+    vit_b_16_problem,
 )
 
 

@@ -65,9 +65,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> None:
-    from neurotransfer.runtime import json_ready
-    from neurotransfer.train.scaling import plot_curve
-
     sc = settings.scaling
     out_dir, metrics_path = Path(sc.out_dir), Path(sc.metrics_path)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -77,6 +74,10 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
         )
         write_json_atomic(metrics_path, {"enabled": False})
         return
+    # After the note: curves off costs no torch or Lightning import.
+    from neurotransfer.runtime import json_ready
+    from neurotransfer.train.scaling import plot_curve
+
     tasks = args.task or sc.tasks or list(settings.tasks)
     unknown = sorted(set(tasks) - set(settings.tasks))
     if unknown:

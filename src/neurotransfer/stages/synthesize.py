@@ -599,6 +599,12 @@ def skip_stage(config: SynthesizeSettings, root: Path, reason: str) -> dict[str,
 
 def run_synthesize(settings: Settings, root: Path) -> dict[str, Any]:
     """Run the whole stage under ``root``; return the metrics (the caller writes them)."""
+    config = synthesize_settings(settings)
+    reason = skip_reason(settings, root)
+    if reason is not None:
+        # Before the imports below: a skip writes notes, and importing torch and Lightning
+        # would add about 7 s to every run that skips (the default pipeline's included).
+        return skip_stage(config, root, reason)
     import lightning as L
 
     from neurotransfer.runtime import resolve_device
@@ -606,10 +612,6 @@ def run_synthesize(settings: Settings, root: Path) -> dict[str, Any]:
     from neurotransfer.synth.quality import feature_network
     from neurotransfer.synth.store import participants_table
 
-    config = synthesize_settings(settings)
-    reason = skip_reason(settings, root)
-    if reason is not None:
-        return skip_stage(config, root, reason)
     require_einops()
     sampling_grid, latent = model_grid(settings)
     output_grid: Grid = (

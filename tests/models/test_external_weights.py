@@ -1,4 +1,5 @@
-"""2D -> 3D inflation and video mappings reproduce the pre-trained networks' responses."""
+"""External weights on our backbones: 2D -> 3D inflation and video mappings reproduce the
+pre-trained networks' responses."""
 
 from __future__ import annotations
 
