@@ -84,7 +84,7 @@ def test_flops_are_counted_for_the_paper_size_networks() -> None:
 def test_cost_growth_reports_ratios(tmp_path: Path) -> None:
     stdout = run_script(
         "cost_growth.py",
-        "--subjects=24,48",  # the smallest cohorts that still split; the sizes are not checked
+        "--subjects=24,48",  # small: the test checks the report, not the figures
         "--workers=2",
         f"--out={tmp_path}",
         f"--tmp={tmp_path}",
